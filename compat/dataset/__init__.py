@@ -1,0 +1,1 @@
+"""The documented dataset classes (``ImageDataset``, ``VolumeDataset``, ``VideoDataset``), in progress."""

@@ -1,0 +1,1 @@
+"""Stateless pipeline stages: picklable callables over samples."""
