@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-class ResourceKind(str, enum.Enum):
+class ResourceKind(enum.StrEnum):
     """What a resource decodes to. Values are the server's ``storage`` names."""
 
     DICOM = "DicomResource"
@@ -113,7 +113,7 @@ def resource_kind(storage: str | None, mimetype: str | None, filename: str | Non
 
 def utc_now_iso() -> str:
     """The current UTC time as ISO 8601 with a ``Z`` suffix and microseconds."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_timestamp(value: str | _dt.datetime) -> _dt.datetime:
@@ -129,8 +129,8 @@ def parse_timestamp(value: str | _dt.datetime) -> _dt.datetime:
         except ValueError as error:
             raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from error
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=_dt.timezone.utc)
-    return parsed.astimezone(_dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=_dt.UTC)
+    return parsed.astimezone(_dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -467,7 +467,8 @@ class Sample(TypedDict, total=False):
     * ``resource_id`` -- id of the resource the sample comes from (every sample has it).
     * ``index`` -- position of the resource in the pipeline's resource list.
     * ``slice_index`` / ``slice_axis`` -- set on samples expanded from a volume or video.
-    * ``spacing`` -- voxel spacing along the array axes, when known.
+    * ``spacing`` -- voxel spacing along the array's (N,)H,W axes, when known; ``affine`` -- 4x4 voxel-to-patient
+      transform of those axes, when known.
     * ``masks`` -- ``{annotation_id: uint8 array}`` of loaded segmentation masks before merging.
     """
 
@@ -483,5 +484,6 @@ class Sample(TypedDict, total=False):
     index: int
     slice_index: int
     slice_axis: str
-    spacing: tuple[float, ...]
+    spacing: tuple[float, ...] | None
+    affine: np.ndarray[Any, Any] | None
     masks: dict[str, np.ndarray[Any, Any]]

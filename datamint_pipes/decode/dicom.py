@@ -1,0 +1,235 @@
+"""Single-file DICOM (single-frame and multi-frame) through pydicom 3.
+
+Layout: one frame -> (C,H,W); NumberOfFrames > 1 -> (C,N,H,W), frames in stored order, colour frames too. Rows
+and columns are kept as stored (no reorientation).
+
+Values, in this order:
+
+* stored pixels decoded by pydicom (uncompressed, deflated, RLE; JPEG baseline through Pillow; JPEG 2000 through
+  pylibjpeg-openjpeg, the ``codecs`` extra), YBR_FULL / YBR_FULL_422 converted to RGB by pydicom;
+* PALETTE COLOR -> RGB (RGBA with an alpha LUT) through ``pydicom.pixels.apply_color_lut``: uint8 or uint16 as the
+  LUT entries are 8 or 16 bits;
+* MONOCHROME1 is inverted so that higher means brighter, over the representable stored range:
+  ``stored' = (smin + smax) - clip(stored, smin, smax)`` with ``[smin, smax]`` from BitsStored and
+  PixelRepresentation (e.g. ``4095 - v`` for 12 unsigned bits). It keeps the integer dtype and, with a rescale,
+  equals ``lo + hi - value`` over the rescaled range. With a Modality LUT Sequence the LUT output is inverted over
+  its observed range instead;
+* the modality LUT: RescaleSlope/RescaleIntercept (top level, or the enhanced functional groups, per frame) ->
+  float32 ``stored * slope + intercept``, unless it is the identity (slope 1, intercept 0: the stored integer dtype
+  is kept); a Modality LUT Sequence -> its output as float32.
+
+Otherwise the dtype is the stored one (BitsAllocated 1 -> uint8 0/1). ``metainfo`` is the dataset without its
+pixel data. Files without the 128-byte preamble and ``DICM`` (detected by suffix or mimetype) are read with
+``force=True`` and their transfer syntax inferred from the encoding. Float Pixel Data is not supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from datamint_pipes.decode import _dicom_geometry as geometry
+from datamint_pipes.decode._base import Decoded, ProbeResult, native_contiguous
+from datamint_pipes.errors import DecodeError
+
+__all__ = ["DicomDecoder"]
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass(frozen=True)
+class _Image:
+    """What the header says the decoded array will be, and how to get there from the stored pixels."""
+
+    frames: int
+    rows: int
+    columns: int
+    samples: int
+    photometric: str
+    stored_dtype: np.dtype[Any]
+    dtype: np.dtype[Any]
+    channels: int
+    rescale: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None
+    modality_lut: bool
+    spacing: tuple[float, ...] | None
+    affine: np.ndarray[Any, Any] | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        plane = (self.rows, self.columns)
+        return (self.channels, *plane) if self.frames == 1 else (self.channels, self.frames, *plane)
+
+    @property
+    def monochrome(self) -> bool:
+        return self.samples == 1 and self.photometric in ("MONOCHROME1", "MONOCHROME2")
+
+
+class DicomDecoder:
+    """One DICOM file holding an image (any number of frames)."""
+
+    name = "dicom"
+    mimetypes = ("application/dicom",)
+    suffixes = (".dcm", ".dicom")
+
+    def sniff(self, head: bytes) -> bool:
+        return head[128:132] == b"DICM"
+
+    def probe(self, stream: BinaryIO) -> ProbeResult:
+        ds = _read(stream, stop_before_pixels=True)
+        image = _describe(ds)
+        return ProbeResult(
+            kind="image" if image.frames == 1 else "volume",
+            format=self.name,
+            shape=image.shape,
+            dtype=image.dtype.name,
+            frame_count=image.frames,
+            stored_shape=(image.frames, image.rows, image.columns) + ((image.samples,) if image.samples > 1 else ()),
+            spacing=image.spacing,
+        )
+
+    def decode(self, stream: BinaryIO) -> Decoded:
+        """Decode to (C,H,W) or (C,N,H,W) with the value rules of the module docstring."""
+        ds = _read(stream, stop_before_pixels=False)
+        image = _describe(ds)
+        if "PixelData" not in ds:
+            present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
+            raise DecodeError(f"DICOM file has no (integer) Pixel Data{f' (it has {present})' if present else ''}")
+        stored = _stored_pixels(ds, image)
+        array = _values(stored, ds, image)
+        array = array[np.newaxis] if image.samples == 1 and image.channels == 1 else np.moveaxis(array, -1, 0)
+        array = native_contiguous(array, image.dtype)
+        if array.shape != image.shape:
+            raise DecodeError(f"DICOM pixels decoded to {array.shape}, the header says {image.shape}")
+        for keyword in _PIXEL_KEYWORDS:
+            if keyword in ds:
+                del ds[keyword]
+        return Decoded(array=array, metainfo=ds, spacing=image.spacing, affine=image.affine)
+
+
+def _read(stream: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+    has_preamble = stream.read(132)[128:132] == b"DICM"
+    stream.seek(0)
+    ds = dcmread(stream, force=not has_preamble, stop_before_pixels=stop_before_pixels)
+    if not has_preamble:
+        _infer_transfer_syntax(ds)
+    ds.filename = None  # the stream may be an open file; the metainfo must pickle
+    return ds
+
+
+def _infer_transfer_syntax(ds: Dataset) -> None:
+    """Give a dataset read without file meta the transfer syntax its encoding implies (pydicom needs one)."""
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    ds.file_meta = meta
+
+
+def _describe(ds: Dataset) -> _Image:
+    if "Rows" not in ds or "Columns" not in ds:
+        sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        raise DecodeError(f"DICOM file holds no image (no Rows/Columns; {sop})")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frames = _int_attribute(ds, "NumberOfFrames", 1)
+    samples = _int_attribute(ds, "SamplesPerPixel", 1)
+    bits = _int_attribute(ds, "BitsAllocated", 0)
+    signed = _int_attribute(ds, "PixelRepresentation", 0) == 1
+    if min(rows, columns, frames, samples) < 1:
+        raise DecodeError(f"DICOM image of {frames} frame(s) of {rows}x{columns}x{samples} is empty")
+    if bits not in (1, 8, 16, 32, 64):
+        raise DecodeError(f"DICOM BitsAllocated {bits} is not supported")
+    stored_dtype = np.dtype("uint8" if bits == 1 else f"{'i' if signed else 'u'}{bits // 8}")
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    dtype, channels = stored_dtype, samples
+    rescale = modality_lut = None
+    if photometric == "PALETTE COLOR":
+        # Applying the LUT to one dummy pixel gives the output dtype and channel count without decoding pixels.
+        sample = apply_color_lut(np.zeros((1, 1), dtype=stored_dtype), ds)
+        dtype, channels = sample.dtype, sample.shape[-1]
+    elif samples == 1:
+        modality_lut = bool(ds.get("ModalityLUTSequence"))
+        rescale = None if modality_lut else geometry.rescale(ds, frames)
+        if modality_lut or rescale is not None:
+            dtype = np.dtype(np.float32)
+    in_plane = geometry.pixel_spacing(ds)
+    affine, slice_spacing = geometry.affine_and_slice_spacing(ds, frames, in_plane)
+    if frames == 1:
+        spacing: tuple[float, ...] | None = in_plane
+    else:
+        spacing = (slice_spacing, *in_plane) if in_plane is not None and slice_spacing is not None else None
+    return _Image(
+        frames=frames,
+        rows=rows,
+        columns=columns,
+        samples=samples,
+        photometric=photometric,
+        stored_dtype=stored_dtype,
+        dtype=dtype,
+        channels=channels,
+        rescale=rescale,
+        modality_lut=bool(modality_lut),
+        spacing=spacing,
+        affine=affine,
+    )
+
+
+def _int_attribute(ds: Dataset, keyword: str, default: int) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DecodeError(f"DICOM {keyword} {value!r} is not an integer") from None
+
+
+def _stored_pixels(ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:
+    """Stored values as pydicom decodes them: (rows, cols[, samples]) or (frames, rows, cols[, samples])."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        stored = pixel_array(ds, as_rgb=True)
+    except (NotImplementedError, RuntimeError) as exc:
+        hint = "; install the 'codecs' extra (pylibjpeg-openjpeg)" if "JPEG 2000" in syntax.name else ""
+        raise DecodeError(f"no installed codec decodes DICOM {syntax.name} pixel data{hint}: {exc}") from exc
+    frames = () if image.frames == 1 else (image.frames,)
+    samples = (image.samples,) if image.samples > 1 else ()
+    expected = (*frames, image.rows, image.columns, *samples)
+    if stored.shape != expected:
+        raise DecodeError(f"DICOM pixel data decoded to {stored.shape}, the header says {expected}")
+    if stored.dtype.newbyteorder("=") != image.stored_dtype:
+        raise DecodeError(f"DICOM pixel data decoded as {stored.dtype}, the header says {image.stored_dtype}")
+    return stored
+
+
+def _values(stored: np.ndarray[Any, Any], ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:
+    """Palette, MONOCHROME1 inversion and the modality LUT, on the (frames first) stored array."""
+    if image.photometric == "PALETTE COLOR":
+        return apply_color_lut(stored, ds)
+    if not image.monochrome:
+        return stored
+    invert = image.photometric == "MONOCHROME1"
+    if image.modality_lut:
+        values = apply_modality_lut(stored, ds).astype(np.float32)
+        if invert:
+            values = values.min() + values.max() - values
+        return values
+    if invert:
+        low, high = geometry.stored_range(ds)
+        clipped = np.clip(stored, low, high).astype(image.stored_dtype)
+        stored = np.asarray(low + high, dtype=image.stored_dtype) - clipped
+    if image.rescale is None:
+        return stored
+    slopes, intercepts = image.rescale
+    values = stored.astype(np.float32)
+    shape = (-1, 1, 1) if image.frames > 1 else ()
+    values *= slopes.astype(np.float32).reshape(shape)
+    values += intercepts.astype(np.float32).reshape(shape)
+    return values

@@ -1,0 +1,389 @@
+"""The pipeline builder: chains stage callables into ``torchdata.nodes`` and a resumable :class:`Loader`.
+
+The graph a :class:`Pipeline` builds::
+
+    EpochSamplerWrapper(EpochSampler)     indices, a pure function of (seed, epoch)
+      -> ParallelMapper(fused stages)     map / filter / expand fused into one ``index -> list[sample]``
+      -> Unbatcher                        flattens (a filtered-out item yields nothing)
+      -> Batcher                          if ``batch()``
+      -> Mapper(collate)                  if ``collate()``
+      -> Prefetcher                       if ``loader(prefetch=...)``
+
+Stage callables must be picklable (module-level functions, frozen dataclasses with ``__call__``) so the same
+stage runs in a thread or a process worker. Randomness inside stages must come from (seed, epoch, sample
+key), never from global state.
+
+Errors: an exception escaping a stage gets the note ``in stage NAME for resource ID`` and is re-raised the
+way torch re-raises worker errors, in every mode (main thread, thread or process workers): an exception of
+the *original type* whose message is ``Caught TYPE in ...`` followed by the original traceback, notes
+included, so ``str(error)`` names the resource. A type whose constructor does not take one message string
+comes back as ``RuntimeError`` (every :mod:`datamint_pipes.errors` class keeps its type). In the main
+thread, the original exception object stays reachable as ``__context__``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import multiprocessing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from torchdata.nodes import (
+    BaseNode,
+    Batcher,
+    Mapper,
+    ParallelMapper,
+    Prefetcher,
+    Unbatcher,
+)
+from torchdata.nodes.exception_wrapper import ExceptionWrapper
+
+from datamint_pipes.nodes import EpochSampler, EpochSamplerWrapper, WorkerWatchdog, shutdown_workers
+
+__all__ = ["Loader", "Pipeline", "WorkerType"]
+
+WorkerType = Literal["thread", "process"]
+StageKind = Literal["map", "filter", "expand"]
+T = TypeVar("T")
+
+
+def _resource_id(item: Any, index: int) -> Any:
+    if isinstance(item, Mapping) and "resource_id" in item:
+        return item["resource_id"]
+    return index
+
+
+@dataclass(frozen=True)
+class _Stage:
+    kind: StageKind
+    fn: Callable[[Any], Any]
+    name: str
+
+    def apply(self, item: Any, index: int) -> list[Any]:
+        """Run the stage on one item: ``[result]`` (map), ``[item]`` or ``[]`` (filter), a list (expand)."""
+        try:
+            result = self.fn(item)
+        except Exception as error:
+            error.add_note(f"in stage {self.name} for resource {_resource_id(item, index)}")
+            raise
+        if self.kind == "filter":
+            return [item] if result else []
+        outputs = [result] if self.kind == "map" else result
+        if self.kind == "expand" and not isinstance(result, (list, tuple)):
+            raise TypeError(
+                f"stage {self.name} must return a list, got {type(result).__name__} "
+                f"for resource {_resource_id(item, index)}"
+            )
+        if any(output is None for output in outputs):
+            raise ValueError(
+                f"stage {self.name} returned None for resource {_resource_id(item, index)}; "
+                "a sample must not be None (did the stage forget to return?)"
+            )
+        return list(outputs)
+
+
+@dataclass(frozen=True)
+class _FusedStages:
+    """Consecutive per-item stages as one picklable ``index -> list[sample]`` callable."""
+
+    stages: tuple[_Stage, ...]
+
+    def __call__(self, index: int) -> list[Any]:
+        items: list[Any] = [index]
+        for stage in self.stages:
+            items = [output for item in items for output in stage.apply(item, index)]
+        return items
+
+
+@dataclass(frozen=True)
+class _Collate:
+    fn: Callable[[list[Any]], Any]
+    name: str
+
+    def __call__(self, batch: list[Any]) -> Any:
+        try:
+            result = self.fn(batch)
+        except Exception as error:
+            ids = [str(item["resource_id"]) for item in batch if isinstance(item, Mapping) and "resource_id" in item]
+            error.add_note(f"in stage {self.name} for resources {', '.join(ids) or '(unknown)'}")
+            raise
+        if result is None:
+            raise ValueError(f"stage {self.name} returned None; a batch must not be None")
+        return result
+
+
+@dataclass(frozen=True)
+class _InMainThread:
+    """Re-raises errors as worker errors are re-raised, so every ``num_workers`` gives the same error."""
+
+    fn: Callable[[Any], Any]
+
+    def __call__(self, item: Any) -> Any:
+        try:
+            return self.fn(item)
+        except Exception:
+            ExceptionWrapper(where="in the main thread").reraise()
+            raise  # unreachable: reraise() always raises
+
+
+def _stage_name(fn: Callable[..., Any], name: str | None) -> str:
+    return name or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An immutable description of a pipeline; each builder method returns a new ``Pipeline``.
+
+    ``num_items`` indices (0..num_items-1, resource positions) are drawn per epoch by
+    :class:`~datamint_pipes.nodes.EpochSampler` (``seed``, ``shuffle``, ``rank``/``world_size`` sharding,
+    padded to equal length per rank). The first stage receives the index.
+    """
+
+    num_items: int
+    seed: int = 0
+    shuffle: bool = True
+    rank: int = 0
+    world_size: int = 1
+    stages: tuple[_Stage, ...] = ()
+    batch_size: int | None = None
+    drop_last: bool = False
+    collate_fn: _Collate | None = None
+
+    def __post_init__(self) -> None:
+        self.sampler()  # validates num_items, seed, rank, world_size
+
+    def sampler(self) -> EpochSampler:
+        """A fresh sampler giving this pipeline's index order (``set_epoch`` it to see an epoch's order)."""
+        return EpochSampler(
+            self.num_items, seed=self.seed, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size
+        )
+
+    def _add_stage(self, kind: StageKind, fn: Callable[[Any], Any], name: str | None) -> Pipeline:
+        if not callable(fn):
+            raise TypeError(f"{kind}() needs a callable, got {type(fn).__name__}")
+        if self.batch_size is not None:
+            raise ValueError(f"{kind}() must come before batch(); use collate() to transform batches")
+        return dataclasses.replace(self, stages=(*self.stages, _Stage(kind, fn, _stage_name(fn, name))))
+
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Pipeline:
+        """Apply ``fn(sample) -> sample`` to every item."""
+        return self._add_stage("map", fn, name)
+
+    def filter(self, predicate: Callable[[Any], bool], *, name: str | None = None) -> Pipeline:
+        """Keep the items for which ``predicate(sample)`` is true."""
+        return self._add_stage("filter", predicate, name)
+
+    def expand(self, fn: Callable[[Any], Sequence[Any]], *, name: str | None = None) -> Pipeline:
+        """Replace every item by the items of the list ``fn(sample)`` (1 -> N; an empty list drops it)."""
+        return self._add_stage("expand", fn, name)
+
+    def batch(self, batch_size: int, *, drop_last: bool = False) -> Pipeline:
+        """Group items into lists of ``batch_size`` (the last one shorter unless ``drop_last``)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"{batch_size=} must be a positive integer")
+        if self.batch_size is not None:
+            raise ValueError("batch() was already called on this pipeline")
+        return dataclasses.replace(self, batch_size=batch_size, drop_last=drop_last)
+
+    def collate(self, fn: Callable[[list[Any]], Any], *, name: str | None = None) -> Pipeline:
+        """Turn each batch (a list of samples) into ``fn(batch)``; runs in the consuming thread."""
+        if not callable(fn):
+            raise TypeError(f"collate() needs a callable, got {type(fn).__name__}")
+        if self.batch_size is None:
+            raise ValueError("collate() needs batch() first")
+        if self.collate_fn is not None:
+            raise ValueError("collate() was already called on this pipeline")
+        return dataclasses.replace(self, collate_fn=_Collate(fn, _stage_name(fn, name)))
+
+    def length(self) -> int | None:
+        """Items (or batches) per epoch, or ``None`` when a filter or expand stage makes it unknown."""
+        if any(stage.kind != "map" for stage in self.stages):
+            return None
+        num_items = len(self.sampler())
+        if self.batch_size is None:
+            return num_items
+        return num_items // self.batch_size if self.drop_last else math.ceil(num_items / self.batch_size)
+
+    def loader(
+        self,
+        *,
+        num_workers: int = 0,
+        worker_type: WorkerType = "thread",
+        multiprocessing_context: str | None = None,
+        prefetch: int | None = None,
+        in_order: bool = True,
+        max_concurrent: int | None = None,
+    ) -> Loader[Any]:
+        """Build the node graph and wrap it in a :class:`Loader`.
+
+        ``num_workers=0`` runs the stages in the consuming thread. ``prefetch`` adds a background thread
+        keeping that many finished batches ready. ``max_concurrent`` (at most ``num_workers``; default
+        ``2 * num_workers``) bounds the items in flight. Output order never depends on the workers.
+        """
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"{num_workers=} must be a non-negative integer")
+        if worker_type not in ("thread", "process"):
+            raise ValueError(f"{worker_type=} must be 'thread' or 'process'")
+        if multiprocessing_context is not None:
+            if worker_type != "process":
+                raise ValueError(f"{multiprocessing_context=} applies only to worker_type='process'")
+            if multiprocessing_context not in multiprocessing.get_all_start_methods():
+                methods = multiprocessing.get_all_start_methods()
+                raise ValueError(f"{multiprocessing_context=} must be None or one of {methods}")
+        if prefetch is not None and (not isinstance(prefetch, int) or prefetch <= 0):
+            raise ValueError(f"{prefetch=} must be None or a positive integer")
+        if in_order is not True:
+            raise ValueError(f"{in_order=} is not supported: out-of-order mapping loses items on resume")
+        if max_concurrent is not None and (
+            not isinstance(max_concurrent, int) or not 0 < max_concurrent <= num_workers
+        ):
+            raise ValueError(f"{max_concurrent=} must be None or a positive integer <= {num_workers=}")
+
+        node: BaseNode[Any] = EpochSamplerWrapper(self.sampler())
+        if self.stages:
+            fused = _FusedStages(self.stages)
+            if num_workers == 0:
+                node = Mapper(node, _InMainThread(fused))
+            else:
+                node = ParallelMapper(
+                    node,
+                    fused,
+                    num_workers=num_workers,
+                    in_order=True,
+                    method=worker_type,
+                    multiprocessing_context=multiprocessing_context,
+                    max_concurrent=max_concurrent,
+                )
+            node = Unbatcher(node)
+        if self.batch_size is not None:
+            node = Batcher(node, batch_size=self.batch_size, drop_last=self.drop_last)
+        if self.collate_fn is not None:
+            node = Mapper(node, _InMainThread(self.collate_fn))
+        if prefetch is not None:
+            node = Prefetcher(node, prefetch_factor=prefetch)
+        return Loader(node, length=self.length())
+
+
+class Loader(Generic[T]):
+    """A resumable iterable over a node graph; each ``iter()`` starts the next epoch.
+
+    Replaces ``torchdata.nodes.Loader``, fixing its 0.11 bugs: ``num_yielded`` is exact after a restore;
+    ``state_dict()`` before ``load_state_dict()`` does not make the loaded state be ignored (#1548); a
+    ``None`` item is an ordinary item (#1551: no look-ahead sentinel); worker threads and processes stop on
+    :meth:`close` (or leaving a ``with`` block) and at every epoch change, not at garbage collection.
+
+    ``state_dict()`` taken between items resumes, in a freshly built loader given ``load_state_dict()``, with
+    exactly the items not yet yielded; a state taken after the epoch's last item resumes with the next epoch.
+    ``len()`` is ``length`` (items per epoch) when known, else ``TypeError``. One consumer at a time: after a
+    new ``iter()`` the previous iterator raises ``RuntimeError``. The loader manages the workers of every
+    ``ParallelMapper`` and ``Prefetcher`` reachable from ``root`` through ``.source`` links, and watches
+    process workers (:class:`~datamint_pipes.nodes.WorkerWatchdog`).
+    """
+
+    ROOT_KEY = "root"
+    NUM_YIELDED_KEY = "num_yielded"
+
+    def __init__(self, root: BaseNode[T], *, length: int | None = None) -> None:
+        self.root = root
+        self.length = length
+        self._pending_state: dict[str, Any] | None = None
+        self._root_primed = False  # root was reset for a state_dict() before the first iter()
+        self._num_yielded = 0
+        self._generation = 0
+        self._closed = False
+        self._worker_nodes: list[BaseNode[Any]] = []  # upstream first
+        node: Any = root
+        while isinstance(node, BaseNode):
+            if isinstance(node, (ParallelMapper, Prefetcher)):
+                self._worker_nodes.insert(0, node)
+            node = getattr(node, "source", None)
+        process_mappers = [n for n in self._worker_nodes if isinstance(n, ParallelMapper) and n.method == "process"]
+        self._watchdog = WorkerWatchdog(process_mappers) if process_mappers else None
+
+    @property
+    def num_yielded(self) -> int:
+        """Items yielded so far in the current epoch (restored by ``load_state_dict``)."""
+        return self._num_yielded
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("this loader has no len(): filter or expand stages make the item count unknown")
+        return self.length
+
+    def __bool__(self) -> bool:
+        return True  # not len(): a loader without a length is still a loader
+
+    def __iter__(self) -> Iterator[T]:
+        if self._closed:
+            raise ValueError("cannot iterate a closed Loader")
+        self._generation += 1
+        state, self._pending_state = self._pending_state, None
+        restored = state is not None
+        if state is not None or not self._root_primed:  # (a primed root is where state_dict() said it is)
+            self._shutdown_workers()
+            self.root.reset(state[self.ROOT_KEY] if state is not None else None)
+        self._root_primed = False
+        self._num_yielded = int(state[self.NUM_YIELDED_KEY]) if state is not None else 0
+        return self._iterate(self._generation, restored)
+
+    def _iterate(self, generation: int, restored: bool) -> Iterator[T]:
+        while True:
+            if generation != self._generation:
+                raise RuntimeError("this iterator was superseded by a later iter() or close() of its Loader")
+            try:
+                item = next(self.root)
+            except StopIteration:
+                self._shutdown_workers()
+                if not restored:
+                    return
+                # Restored from a state at the end of an epoch: continue with the next epoch.
+                self.root.reset(None)
+                self._num_yielded = 0
+                restored = False
+                continue
+            except BaseException:
+                self._shutdown_workers()  # the epoch cannot continue past an error
+                raise
+            restored = False
+            self._num_yielded += 1
+            yield item
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state after the last item yielded (a loaded but not yet used state is returned as is)."""
+        if self._pending_state is not None:
+            return copy.deepcopy(self._pending_state)
+        if self._generation == 0 and not self._root_primed:
+            self.root.reset(None)
+            self._root_primed = True
+        return {self.ROOT_KEY: copy.deepcopy(self.root.state_dict()), self.NUM_YIELDED_KEY: self._num_yielded}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume from ``state_dict`` at the next ``iter()``."""
+        missing = {self.ROOT_KEY, self.NUM_YIELDED_KEY} - set(state_dict)
+        if missing:
+            raise ValueError(f"not a Loader state_dict: missing keys {sorted(missing)}")
+        self._pending_state = copy.deepcopy(dict(state_dict))
+        self._root_primed = False
+
+    def _shutdown_workers(self) -> None:
+        for node in self._worker_nodes:
+            shutdown_workers(node)
+
+    def close(self) -> None:
+        """Stop every worker thread and process; the loader cannot be iterated afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._generation += 1
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._shutdown_workers()
+
+    def __enter__(self) -> Loader[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
