@@ -100,10 +100,9 @@ class ToRGBFloat:
 
     def __call__(self, sample: Any) -> Any:
         image = sample["image"].astype(np.float32)
-        if image.shape[0] == 1:
-            image = np.repeat(image, 3, axis=0)
-        elif image.shape[0] > 3:
-            image = image[:3]
+        if image.shape[0] != 3:
+            # Grey, grey+alpha, 4D NIfTI (time as channels), RGBA: show the first channel, or RGB of RGBA.
+            image = image[:3] if image.shape[0] == 4 else np.repeat(image[:1], 3, axis=0)
         low, high = float(image.min()), float(image.max())
         image = (image - low) / (high - low) if high > low else np.zeros_like(image)
         masks = sample.get("masks") or {}
@@ -111,35 +110,40 @@ class ToRGBFloat:
         for mask in masks.values():
             union |= mask.astype(bool).astype(np.uint8)
         out = {k: v for k, v in sample.items() if k not in ("metainfo", "masks", "annotations", "resource")}
-        out.update(image=image, mask=union)
+        out.update(image=image, mask=union, filename=sample["resource"].filename)
         return out
 
 
-def _write_preview(batch: dict[str, Any], path: Path, title: str) -> None:
+def _write_preview(batches: dict[str, dict[str, Any]], path: Path, columns: int = 6) -> None:
+    """One row per project: ``columns`` items spread over its first batch, masks overlaid in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = batch["image"].numpy()
-    masks = batch["mask"].numpy()
-    count = min(16, len(images))
-    cols = 4
-    rows = (count + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.8), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(count):
-        ax = axes.flat[i]
-        ax.imshow(np.transpose(images[i], (1, 2, 0)))
-        overlay = np.zeros((*masks[i].shape, 4), np.float32)
-        overlay[masks[i] > 0] = (1.0, 0.2, 0.2, 0.4)
-        ax.imshow(overlay)
-        label = str(batch["resource_id"][i])[:8]
-        if batch.get("slice_index") is not None:
-            label += f" #{int(batch['slice_index'][i])}"
-        ax.set_title(label, fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig, axes = plt.subplots(len(batches), columns, figsize=(columns * 2.2, len(batches) * 2.5), squeeze=False)
+    for row, (name, batch) in enumerate(batches.items()):
+        images, masks = batch["image"].numpy(), batch["mask"].numpy()
+        picks = np.unique(np.linspace(0, len(images) - 1, columns).round().astype(int))
+        for col in range(columns):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(picks):
+                continue
+            i = int(picks[col])
+            ax.imshow(np.transpose(images[i], (1, 2, 0)))
+            overlay = np.zeros((*masks[i].shape, 4), np.float32)
+            overlay[masks[i] > 0] = (1.0, 0.15, 0.15, 0.35)
+            ax.imshow(overlay)
+            title = str(batch["filename"][i])[-18:]
+            slice_index = batch.get("slice_index")
+            if isinstance(slice_index, list) and slice_index[i] is not None:
+                title += f" [{slice_index[i]}]"
+            elif slice_index is not None and not isinstance(slice_index, list):
+                title += f" [{int(slice_index[i])}]"
+            ax.set_title(title, fontsize=7)
+        axes[row, 0].text(-0.08, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, va="center", ha="right")
+    fig.suptitle("first batch of each sample project (masks: union of annotators' segmentations)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -153,7 +157,7 @@ def run_demo(out_dir: str = "out/demo", num_workers: int = 2, epochs: int = 2) -
     projects = build_samples(out / "samples")
     print(f"sample projects ready in {time.perf_counter() - start:.1f} s under {out / 'samples'}")
     timers: dict[str, StageTimer] = {}
-    preview: dict[str, Any] | None = None
+    previews: dict[str, dict[str, Any]] = {}
     rows = []
     for project in projects:
         pipeline = build_demo_pipeline(project, timers)
@@ -163,8 +167,7 @@ def run_demo(out_dir: str = "out/demo", num_workers: int = 2, epochs: int = 2) -
             with pipeline.loader(num_workers=num_workers, worker_type="thread") as loader:
                 for batch in loader:
                     samples += len(batch["image"])
-                    if preview is None and project.name == "sample-volumes":
-                        preview = batch
+                    previews.setdefault(project.name, batch)
             wall = time.perf_counter() - begin
             rows.append((project.name, epoch, samples, wall))
     print()
@@ -181,8 +184,7 @@ def run_demo(out_dir: str = "out/demo", num_workers: int = 2, epochs: int = 2) -
         seconds = sum(t.seconds for t in parts) or 1e-9
         mb = sum(t.nbytes for t in parts) / 1e6
         print(f"{stage:<8} {calls:>7} {items:>9} {items / seconds:>9.0f} {mb / seconds:>9.1f}")
-    if preview is not None:
-        path = out / "preview.png"
-        _write_preview(preview, path, "sample-volumes: axial slices with mask overlays (union of annotators)")
-        print(f"\npreview written to {path}")
+    path = out / "preview.png"
+    _write_preview(previews, path)
+    print(f"\npreview written to {path}")
     return 0

@@ -107,7 +107,11 @@ class _Collate:
         try:
             result = self.fn(batch)
         except Exception as error:
-            ids = [str(item["resource_id"]) for item in batch if isinstance(item, Mapping) and "resource_id" in item]
+            ids = list(
+                dict.fromkeys(
+                    str(item["resource_id"]) for item in batch if isinstance(item, Mapping) and "resource_id" in item
+                )
+            )
             error.add_note(f"in stage {self.name} for resources {', '.join(ids) or '(unknown)'}")
             raise
         if result is None:

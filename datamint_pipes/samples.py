@@ -48,7 +48,7 @@ def real_file(package: str, relpath: str) -> Path:
     """Path of a real test file shipped in an installed package (``pydicom``, ``nibabel``, ``skimage``,
     ``data_store`` for pydicom-data)."""
     path = _package_dir(package) / relpath
-    if not path.is_file():
+    if not path.exists():
         raise ProjectError(f"{path} is missing: reinstall {package}")
     return path
 

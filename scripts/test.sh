@@ -5,6 +5,7 @@ set -euo pipefail
 . "$(dirname "$0")/_venv.sh" "test,lint,demo,codecs"
 echo "== ruff"
 ruff check datamint_pipes compat tests benchmarks
+ruff format --check datamint_pipes compat tests benchmarks
 echo "== mypy"
 mypy datamint_pipes compat
 echo "== pytest"

@@ -105,7 +105,11 @@ def write_dicom_series(
     uid = series_uid or generate_uid()
     return [
         write_dicom(
-            Path(folder) / f"{prefix}{i:03d}.dcm", volume[i], series_uid=uid, instance_number=i + 1, z=float(i),
+            Path(folder) / f"{prefix}{i:03d}.dcm",
+            volume[i],
+            series_uid=uid,
+            instance_number=i + 1,
+            z=float(i),
             patient_id=patient_id,
         )
         for i in range(volume.shape[0])

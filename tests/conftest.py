@@ -54,3 +54,13 @@ def nibabel_data_dir() -> Path:
 def skimage_data_dir() -> Path:
     """scikit-image's ``data`` folder (``retina.jpg``, ``microaneurysms.png``, ...)."""
     return _data_dir("skimage", "data")
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three sample projects, built once per test session (read-only use: copy before editing)."""
+    from datamint_pipes.samples import build_samples
+
+    root = tmp_path_factory.mktemp("samples")
+    build_samples(root)
+    return root

@@ -161,9 +161,26 @@ def test_worklist(proj: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     specs_file = tmp_path / "specs.json"
     specs_file.write_text(json.dumps([{"type": "segmentation", "identifier": "liver", "color": [0, 255, 0, 255]}]))
     code, out, err = _run(
-        capsys, "worklist", proj, "abdomen", "--specs", specs_file, "--label", "normal", "--frame-label", "motion",
-        "--category", "phase=arterial,venous", "--segmentation", "spleen", "--segmentation", "tumour=9",
-        "--annotator", "a@x", "--annotator", "b@x",
+        capsys,
+        "worklist",
+        proj,
+        "abdomen",
+        "--specs",
+        specs_file,
+        "--label",
+        "normal",
+        "--frame-label",
+        "motion",
+        "--category",
+        "phase=arterial,venous",
+        "--segmentation",
+        "spleen",
+        "--segmentation",
+        "tumour=9",
+        "--annotator",
+        "a@x",
+        "--annotator",
+        "b@x",
     )
     assert (code, err) == (0, "")
     (worklist,) = LocalProject.open(proj).worklists()
@@ -195,8 +212,11 @@ def test_split(proj: Path, files: dict[str, Any], capsys: pytest.CaptureFixture[
     assert {s.resource_id for s in project.split_assignments(as_of=T2)} == {"b"}
 
     before = catalogue_state(project)
-    for argv, needle in [(("train", "ghost"), "ghost"), (("train", "a", "--at", "soon"), "soon"),
-                         (("val", "b", "--at", "2024-01-01T00:00:00Z"), "b")]:
+    for argv, needle in [
+        (("train", "ghost"), "ghost"),
+        (("train", "a", "--at", "soon"), "soon"),
+        (("val", "b", "--at", "2024-01-01T00:00:00Z"), "b"),
+    ]:
         code, _, err = _run(capsys, "split", proj, *argv)
         assert code == 2 and needle in err, err
     assert catalogue_state(LocalProject.open(proj)) == before
@@ -274,10 +294,16 @@ def test_import_msd(proj: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     labelmap[1, 1, 0] = 1
     write_nifti(task / "imagesTr" / "c1.nii.gz", gradient((4, 5, 2), np.int16))
     write_nifti(task / "labelsTr" / "c1.nii.gz", labelmap)
-    (task / "dataset.json").write_text(json.dumps({
-        "name": "Tiny", "labels": {"0": "background", "1": "organ"},
-        "training": [{"image": "./imagesTr/c1.nii.gz", "label": "./labelsTr/c1.nii.gz"}], "test": [],
-    }))
+    (task / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "Tiny",
+                "labels": {"0": "background", "1": "organ"},
+                "training": [{"image": "./imagesTr/c1.nii.gz", "label": "./labelsTr/c1.nii.gz"}],
+                "test": [],
+            }
+        )
+    )
     code, out, err = _run(capsys, "import-msd", proj, task)
     assert (code, err) == (0, "")
     assert out.strip() == "imported 1 resources into cli-demo"

@@ -103,8 +103,15 @@ def _resource_rows(project: LocalProject, include_deleted: bool) -> list[tuple[A
 
 def _model_resource_rows(model: Model, include_deleted: bool) -> list[tuple[Any, ...]]:
     return [
-        (rid, r["filename"], r["created_at"], r["tags"], r["deleted_at"] is not None, r["deleted_at"],
-         (f"resources/{rid}/{r['filename']}",))
+        (
+            rid,
+            r["filename"],
+            r["created_at"],
+            r["tags"],
+            r["deleted_at"] is not None,
+            r["deleted_at"],
+            (f"resources/{rid}/{r['filename']}",),
+        )
         for rid, r in model.resources.items()
         if include_deleted or r["deleted_at"] is None
     ]
@@ -112,17 +119,36 @@ def _model_resource_rows(model: Model, include_deleted: bool) -> list[tuple[Any,
 
 def _annotation_rows(project: LocalProject, include_deleted: bool) -> list[tuple[Any, ...]]:
     return [
-        (a.id, a.resource_id, a.identifier, a.annotation_type, a.text_value, a.created_by, a.created_at,
-         a.deleted, a.deleted_at, a.file)
+        (
+            a.id,
+            a.resource_id,
+            a.identifier,
+            a.annotation_type,
+            a.text_value,
+            a.created_by,
+            a.created_at,
+            a.deleted,
+            a.deleted_at,
+            a.file,
+        )
         for a in project.annotations(include_deleted=include_deleted)
     ]
 
 
 def _model_annotation_rows(model: Model, include_deleted: bool) -> list[tuple[Any, ...]]:
     return [
-        (aid, a["resource_id"], a["identifier"], a["type"], a["text_value"], a["author"], a["created_at"],
-         a["deleted_at"] is not None, a["deleted_at"],
-         f"annotations/{a['resource_id']}/{aid}.png" if a["type"] == "segmentation" else None)
+        (
+            aid,
+            a["resource_id"],
+            a["identifier"],
+            a["type"],
+            a["text_value"],
+            a["author"],
+            a["created_at"],
+            a["deleted_at"] is not None,
+            a["deleted_at"],
+            f"annotations/{a['resource_id']}/{aid}.png" if a["type"] == "segmentation" else None,
+        )
         for aid, a in model.annotations.items()
         if include_deleted or a["deleted_at"] is None
     ]
@@ -202,12 +228,24 @@ class Driver:
         text_value = "PA" if kind == "category" else None
         mask = _mask(self.counter) if kind == "segmentation" else None
         self.project.add_annotation(
-            rid, identifier, kind, annotation_id=aid, created_by=author, created_at=when, text_value=text_value,
+            rid,
+            identifier,
+            kind,
+            annotation_id=aid,
+            created_by=author,
+            created_at=when,
+            text_value=text_value,
             mask=mask,
         )
         self.model.annotations[aid] = {
-            "resource_id": rid, "identifier": identifier, "type": kind, "text_value": text_value, "author": author,
-            "created_at": when, "deleted_at": None, "number": self.counter,
+            "resource_id": rid,
+            "identifier": identifier,
+            "type": kind,
+            "text_value": text_value,
+            "author": author,
+            "created_at": when,
+            "deleted_at": None,
+            "number": self.counter,
         }
         return None
 
@@ -242,8 +280,9 @@ class Driver:
             self.refused(lambda: p.add_annotation(live_r[0], "x", "label", annotation_id=aid, created_at=when), aid)
         elif kind == "mask mismatch" and live_r:
             wrong = np.ones((SIZE, SIZE + 1), np.uint8)
-            self.refused(lambda: p.add_annotation(live_r[0], "x", "segmentation", mask=wrong, created_at=when),
-                         live_r[0])
+            self.refused(
+                lambda: p.add_annotation(live_r[0], "x", "segmentation", mask=wrong, created_at=when), live_r[0]
+            )
         elif kind == "split of a missing resource":
             self.refused(lambda: p.assign_split([*live_r, "ghost"], "train", at=when), "ghost")
         elif kind == "annotation of a missing resource":
@@ -255,15 +294,29 @@ class Driver:
 OPERATIONS = st.one_of(
     st.tuples(st.just("add_resource"), st.integers(0, 2), st.sampled_from([(), ("a",), ("a", "b")])),
     st.tuples(st.just("remove_resource"), st.integers(0, 20)),
-    st.tuples(st.just("add_annotation"), st.integers(0, 20), st.sampled_from(["label", "category", "segmentation"]),
-              st.sampled_from(["ann1@x", "ann2@x"])),
+    st.tuples(
+        st.just("add_annotation"),
+        st.integers(0, 20),
+        st.sampled_from(["label", "category", "segmentation"]),
+        st.sampled_from(["ann1@x", "ann2@x"]),
+    ),
     st.tuples(st.just("delete_annotation"), st.integers(0, 20)),
-    st.tuples(st.just("assign"), st.lists(st.integers(0, 20), min_size=1, max_size=3),
-              st.sampled_from([*SPLITS, None])),
-    st.tuples(st.just("bad"), st.sampled_from([
-        "duplicate resource", "duplicate annotation", "mask mismatch", "split of a missing resource",
-        "annotation of a missing resource", "delete a missing annotation",
-    ])),
+    st.tuples(
+        st.just("assign"), st.lists(st.integers(0, 20), min_size=1, max_size=3), st.sampled_from([*SPLITS, None])
+    ),
+    st.tuples(
+        st.just("bad"),
+        st.sampled_from(
+            [
+                "duplicate resource",
+                "duplicate annotation",
+                "mask mismatch",
+                "split of a missing resource",
+                "annotation of a missing resource",
+                "delete a missing annotation",
+            ]
+        ),
+    ),
 )
 STEPS = st.lists(st.tuples(OPERATIONS, st.integers(0, 3), st.booleans()), max_size=25)
 
@@ -313,8 +366,13 @@ class StoreMachine(RuleBasedStateMachine):
     def remove_resource(self, index: int, seconds: int, offset: bool) -> None:
         self.driver.remove_resource(index, self.driver.tick(seconds, offset))
 
-    @rule(index=st.integers(0, 20), kind=st.sampled_from(["label", "category", "segmentation"]),
-          author=st.sampled_from(["ann1@x", "ann2@x"]), seconds=seconds, offset=st.booleans())
+    @rule(
+        index=st.integers(0, 20),
+        kind=st.sampled_from(["label", "category", "segmentation"]),
+        author=st.sampled_from(["ann1@x", "ann2@x"]),
+        seconds=seconds,
+        offset=st.booleans(),
+    )
     def add_annotation(self, index: int, kind: str, author: str, seconds: int, offset: bool) -> None:
         self.driver.add_annotation(index, kind, author, self.driver.tick(seconds, offset))
 
@@ -322,8 +380,12 @@ class StoreMachine(RuleBasedStateMachine):
     def delete_annotation(self, index: int, seconds: int, offset: bool) -> None:
         self.driver.delete_annotation(index, self.driver.tick(seconds, offset))
 
-    @rule(indices=st.lists(st.integers(0, 20), min_size=1, max_size=3), split=st.sampled_from([*SPLITS, None]),
-          seconds=seconds, offset=st.booleans())
+    @rule(
+        indices=st.lists(st.integers(0, 20), min_size=1, max_size=3),
+        split=st.sampled_from([*SPLITS, None]),
+        seconds=seconds,
+        offset=st.booleans(),
+    )
     def assign(self, indices: list[int], split: str | None, seconds: int, offset: bool) -> None:
         when = self.driver.tick(seconds, offset)
         self.driver.assign(indices, split, when, self.driver.now)
