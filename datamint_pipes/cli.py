@@ -123,7 +123,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from datamint_pipes import demo
 
-    return demo.run_demo(out_dir=args.out, num_workers=args.workers, epochs=args.epochs)
+    return demo.run_demo(out_dir=args.out, num_workers=args.workers, epochs=args.epochs, samples_dir=args.samples)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("demo", help="build the samples, stream them through a multi-worker pipeline")
-    p.add_argument("--out", default="out/demo", help="folder for the sample projects and the preview PNG")
+    p.add_argument("--out", default="out/demo", help="folder for the preview PNG")
+    p.add_argument("--samples", help="folder for the sample projects (default: a per-user cache folder)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2)
     p.set_defaults(func=_cmd_demo)

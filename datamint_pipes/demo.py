@@ -8,6 +8,7 @@ release the GIL, and threads let every stage's timer live in one place.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -61,8 +62,6 @@ class StageTimer:
         elapsed = time.perf_counter() - start
         count = len(out) if isinstance(out, list) else 1
         size = _payload_bytes(out)
-        if self.name == "read":
-            size = int(out["resource"].size or 0)
         with self._lock:
             self.calls += 1
             self.items += count
@@ -149,13 +148,21 @@ def _write_preview(batches: dict[str, dict[str, Any]], path: Path, columns: int 
     plt.close(fig)
 
 
-def run_demo(out_dir: str = "out/demo", num_workers: int = 2, epochs: int = 2) -> int:
-    """Build the samples under ``out_dir``, stream them ``epochs`` times, print a table, write preview.png."""
+def default_samples_dir() -> Path:
+    """Where the demo keeps the sample projects: ``$XDG_CACHE_HOME/datamint-pipes/samples``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "datamint-pipes" / "samples"
+
+
+def run_demo(out_dir: str = "out/demo", num_workers: int = 2, epochs: int = 2, samples_dir: str | None = None) -> int:
+    """Build (or reuse) the samples in a cache folder, stream them ``epochs`` times, print the throughput
+    tables and write ``out_dir/preview.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    samples = Path(samples_dir) if samples_dir else default_samples_dir()
     start = time.perf_counter()
-    projects = build_samples(out / "samples")
-    print(f"sample projects ready in {time.perf_counter() - start:.1f} s under {out / 'samples'}")
+    projects = build_samples(samples)
+    print(f"sample projects ready in {time.perf_counter() - start:.1f} s under {samples}")
     timers: dict[str, StageTimer] = {}
     previews: dict[str, dict[str, Any]] = {}
     rows = []
@@ -176,14 +183,15 @@ def run_demo(out_dir: str = "out/demo", num_workers: int = 2, epochs: int = 2) -
         print(f"{name:<16} {epoch:>5} {samples:>7} {wall:>8.2f} {samples / wall:>9.1f}")
     print()
     print(f"per stage (busy time summed over {num_workers} workers, all projects and epochs)")
-    print(f"{'stage':<8} {'calls':>7} {'items out':>9} {'items/s':>9} {'MB/s':>9}")
+    print(f"{'stage':<8} {'calls':>7} {'items out':>9} {'items/s':>9} {'MB/s out':>9}")
     for stage in ("read", "decode", "masks", "slice", "resize", "to_rgb"):
         parts = [t for key, t in timers.items() if key.endswith(f"/{stage}")]
         calls = sum(t.calls for t in parts)
         items = sum(t.items for t in parts)
         seconds = sum(t.seconds for t in parts) or 1e-9
         mb = sum(t.nbytes for t in parts) / 1e6
-        print(f"{stage:<8} {calls:>7} {items:>9} {items / seconds:>9.0f} {mb / seconds:>9.1f}")
+        rate = f"{mb / seconds:>9.1f}" if stage != "read" else f"{'-':>9}"  # read is a catalogue lookup
+        print(f"{stage:<8} {calls:>7} {items:>9} {items / seconds:>9.0f} {rate}")
     path = out / "preview.png"
     _write_preview(previews, path)
     print(f"\npreview written to {path}")

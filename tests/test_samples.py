@@ -153,11 +153,12 @@ def test_cli_sample_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_demo_runs_end_to_end_and_writes_a_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path), "--samples", str(tmp_path / "s"), "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     for stage in ("read", "decode", "masks", "slice", "resize"):
         assert f"\n{stage} " in out
     rows = [line.split() for line in out.splitlines() if line.startswith("sample-")]
     assert {row[0]: int(row[2]) for row in rows} == {"sample-images": 7, "sample-volumes": 68, "sample-videos": 60}
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(SAMPLE_NAMES)
     preview = Image.open(tmp_path / "preview.png")
     assert preview.format == "PNG" and preview.size[0] > 600 and preview.size[1] > 400
