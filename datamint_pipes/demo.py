@@ -159,28 +159,28 @@ def run_demo(out_dir: str = "out/demo", num_workers: int = 2, epochs: int = 2, s
     tables and write ``out_dir/preview.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    samples = Path(samples_dir) if samples_dir else default_samples_dir()
+    samples_root = Path(samples_dir) if samples_dir else default_samples_dir()
     start = time.perf_counter()
-    projects = build_samples(samples)
-    print(f"sample projects ready in {time.perf_counter() - start:.1f} s under {samples}")
+    projects = build_samples(samples_root)
+    print(f"sample projects ready in {time.perf_counter() - start:.1f} s under {samples_root}")
     timers: dict[str, StageTimer] = {}
     previews: dict[str, dict[str, Any]] = {}
     rows = []
     for project in projects:
         pipeline = build_demo_pipeline(project, timers)
         for epoch in range(epochs):
-            samples = 0
+            count = 0
             begin = time.perf_counter()
             with pipeline.loader(num_workers=num_workers, worker_type="thread") as loader:
                 for batch in loader:
-                    samples += len(batch["image"])
+                    count += len(batch["image"])
                     previews.setdefault(project.name, batch)
             wall = time.perf_counter() - begin
-            rows.append((project.name, epoch, samples, wall))
+            rows.append((project.name, epoch, count, wall))
     print()
     print(f"{'project':<16} {'epoch':>5} {'slices':>7} {'seconds':>8} {'slices/s':>9}")
-    for name, epoch, samples, wall in rows:
-        print(f"{name:<16} {epoch:>5} {samples:>7} {wall:>8.2f} {samples / wall:>9.1f}")
+    for name, epoch, count, wall in rows:
+        print(f"{name:<16} {epoch:>5} {count:>7} {wall:>8.2f} {count / wall:>9.1f}")
     print()
     print(f"per stage (busy time summed over {num_workers} workers, all projects and epochs)")
     print(f"{'stage':<8} {'calls':>7} {'items out':>9} {'items/s':>9} {'MB/s out':>9}")
