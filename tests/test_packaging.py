@@ -40,6 +40,10 @@ def test_wheel_contains_both_packages(wheel: Path) -> None:
     ):
         assert module in names, f"{module} missing from {wheel.name}"
     assert not any(n.startswith(("compat/", "tests/")) for n in names)
+    # Every module of the source tree ships (the package list in pyproject.toml is explicit).
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "datamint_pipes").rglob("*.py")}
+    sources |= {"datamint_compat/" + str(p.relative_to(ROOT / "compat")) for p in (ROOT / "compat").rglob("*.py")}
+    assert sources - names == set()
     metadata = next(n for n in names if n.endswith("METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: torch>=2.4" in text
