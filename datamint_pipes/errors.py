@@ -59,6 +59,10 @@ class DatamintPipesError(Exception):
             message = f"{message} [{', '.join(context)}]"
         super().__init__(message)
 
+    def __str__(self) -> str:
+        # OSError's own __str__ would format errno/strerror/filename (our ``filename`` shadows its field).
+        return str(self.args[0]) if self.args else ""
+
     def __reduce__(self) -> tuple[object, ...]:
         # The message already carries the context; keep the attributes across pickling (process workers).
         return (_rebuild, (type(self), str(self), self.resource_id, self.filename))

@@ -16,6 +16,7 @@ copied are removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -348,7 +349,7 @@ class LocalProject:
             created_by=created_by,
             tags=tuple(tags),
             patient_id=patient_id,
-            metadata={**header, **dict(metadata or {})},
+            metadata={**header, "sha256": _content_digest(paths), **dict(metadata or {})},
             files=tuple(relpaths),
         )
         with self._transaction() as conn:
@@ -741,6 +742,15 @@ def _probe_files(paths: list[Path], name: str, mimetype: str | None) -> dict[str
         "width": shape[-1],
         "stored_shape": list(first.stored_shape),
     }
+
+
+def _content_digest(paths: list[Path]) -> str:
+    """SHA-256 of a file, or of the ordered per-file digests of a series (the decoded cache's content key)."""
+    digests = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            digests.append(hashlib.file_digest(handle, "sha256").hexdigest())
+    return digests[0] if len(digests) == 1 else hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def _worklist_to_dict(worklist: Worklist) -> dict[str, Any]:

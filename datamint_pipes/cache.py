@@ -1,0 +1,307 @@
+"""Machine-wide caches shared by every worker thread and process: decoded arrays and fetched bytes.
+
+Both live in a folder and keep the same guarantees:
+
+* **Atomic entries.** An entry is written to a temporary file in its final folder and published with
+  ``os.replace``; a reader sees a complete entry or none. A writer killed mid-write leaves only a temporary
+  file, which is never served and is swept later.
+* **Concurrent writers.** :meth:`ArrayCache.get_or_create` and :meth:`ByteCache.get_or_fetch` take an
+  exclusive ``flock`` on a per-key lock file, so one process computes or downloads while the others wait
+  and then read. Without working locks (some network filesystems) the worst case is duplicate work: the
+  last complete replace wins and every reader still sees an intact entry.
+* **Bounded size.** ``max_bytes`` bounds the folder; the least recently used entries (by modification time,
+  refreshed on every hit) are evicted after each write. Unlinking an entry that a reader has memory-mapped
+  is safe on POSIX: the reader keeps its mapping.
+* **No pickle.** Arrays are ``.npy`` files read with ``allow_pickle=False``; metadata is JSON. File names are
+  hashes of the key, never names taken from a server or a catalogue.
+
+:class:`ArrayCache` stores decoded volumes uncompressed and memory-maps them, so reading one slice costs one
+contiguous read when the slicing axis is stored first (see :func:`to_slice_major`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from datamint_pipes.errors import CacheError
+
+__all__ = [
+    "ArrayCache",
+    "ByteCache",
+    "CachedArray",
+    "cache_key",
+    "default_cache_dir",
+    "from_slice_major",
+    "to_slice_major",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+_STALE_TEMP_SECONDS = 3600.0
+
+
+def default_cache_dir() -> Path:
+    """``$DATAMINT_PIPES_CACHE``, else ``$XDG_CACHE_HOME/datamint-pipes``, else ``~/.cache/datamint-pipes``."""
+    env = os.environ.get("DATAMINT_PIPES_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "datamint-pipes"
+
+
+def cache_key(*parts: Any) -> str:
+    """A stable hex key from JSON-serialisable parts (content hash, decoder version, layout, ...)."""
+    text = json.dumps([CACHE_FORMAT, *parts], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def to_slice_major(array: np.ndarray[Any, Any], axis: int) -> np.ndarray[Any, Any]:
+    """(C,N,H,W) -> the slicing axis first: axis 0 (N) -> (N,C,H,W), 1 (H) -> (H,C,N,W), 2 (W) -> (W,C,N,H)."""
+    return np.moveaxis(array, axis + 1, 0)
+
+
+def from_slice_major(array: np.ndarray[Any, Any], axis: int) -> np.ndarray[Any, Any]:
+    """Inverse of :func:`to_slice_major` (a view, no copy)."""
+    return np.moveaxis(array, 0, axis + 1)
+
+
+class _Store:
+    """Files named by key under ``root/<kind>/<key[:2]>/``, with locks, LRU eviction and temp sweeping."""
+
+    def __init__(self, root: str | os.PathLike[str], kind: str, max_bytes: int | None) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"{max_bytes=} must be None or a positive number of bytes")
+        self.root = Path(root)
+        self.kind = kind
+        self.max_bytes = max_bytes
+        (self.root / kind).mkdir(parents=True, exist_ok=True)
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+
+    def _check_key(self, key: str) -> str:
+        if len(key) < 8 or any(c not in "0123456789abcdef" for c in key):
+            raise CacheError(f"cache key {key!r} is not a lowercase hex digest")
+        return key
+
+    def path(self, key: str, suffix: str) -> Path:
+        key = self._check_key(key)
+        return self.root / self.kind / key[:2] / f"{key}{suffix}"
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive lock for one key across threads and processes of this machine."""
+        path = self.root / "locks" / f"{self._check_key(key)}.lock"
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def writing(self, target: Path) -> Iterator[IO[bytes]]:
+        """A temporary file next to ``target``, published by ``os.replace`` only if the block completes."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def touch(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of every published entry file."""
+        found = []
+        for path in (self.root / self.kind).glob("*/*"):
+            if path.name.startswith(".tmp-"):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                found.append((stat.st_mtime, stat.st_size, path))
+        return found
+
+    def total_bytes(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def evict(self, keep: Iterable[Path] = ()) -> None:
+        """Remove least recently used entries until the folder fits ``max_bytes``; sweep stale temp files."""
+        now = time.time()
+        for tmp in (self.root / self.kind).glob("*/.tmp-*"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > _STALE_TEMP_SECONDS:
+                    tmp.unlink()
+        if self.max_bytes is None:
+            return
+        protected = {Path(p).name.split(".", 1)[0] for p in keep}
+        groups: dict[str, list[tuple[float, int, Path]]] = {}
+        for entry in self.entries():
+            groups.setdefault(entry[2].name.split(".", 1)[0], []).append(entry)
+        total = sum(size for members in groups.values() for _, size, _ in members)
+        # Least recently used first; a key's files (array + metadata) go together.
+        for stem, members in sorted(groups.items(), key=lambda item: max(m[0] for m in item[1])):
+            if total <= self.max_bytes:
+                break
+            if stem in protected:
+                continue
+            for _, size, path in members:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    total -= size
+                    log.debug("cache evicted %s (%d bytes)", path, size)
+
+
+@dataclass(frozen=True)
+class CachedArray:
+    """A cache hit: a read-only memory-mapped ``array`` and the JSON ``meta`` stored with it."""
+
+    array: np.ndarray[Any, Any]
+    meta: dict[str, Any]
+    path: Path
+
+
+class ArrayCache:
+    """Decoded arrays as uncompressed ``.npy`` files, memory-mapped on read (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None) -> None:
+        self._store = _Store(root if root is not None else default_cache_dir(), "arrays", max_bytes)
+
+    @property
+    def root(self) -> Path:
+        return self._store.root
+
+    def get(self, key: str) -> CachedArray | None:
+        """The entry for ``key``, or ``None``. A damaged entry is removed and reported as a miss."""
+        array_path = self._store.path(key, ".npy")
+        meta_path = self._store.path(key, ".json")
+        try:
+            array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError, json.JSONDecodeError) as error:
+            log.warning("discarding damaged cache entry %s: %s", array_path, error)
+            for path in (array_path, meta_path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            return None
+        if meta.get("shape") != list(array.shape) or meta.get("dtype") != array.dtype.str:
+            log.warning("discarding cache entry %s: metadata does not describe the array", array_path)
+            return None
+        self._store.touch(array_path)
+        return CachedArray(array=array, meta=meta, path=array_path)
+
+    def put(self, key: str, array: np.ndarray[Any, Any], meta: dict[str, Any] | None = None) -> CachedArray:
+        """Store ``array`` (any non-object dtype) with JSON ``meta``; returns the memory-mapped entry."""
+        if array.dtype.hasobject:
+            raise CacheError(f"cannot cache an array of dtype {array.dtype}: object arrays would need pickle")
+        array_path = self._store.path(key, ".npy")
+        meta_path = self._store.path(key, ".json")
+        record = {**(meta or {}), "shape": list(array.shape), "dtype": array.dtype.str}
+        try:
+            # Metadata first: a published .npy always has its .json beside it.
+            with self._store.writing(meta_path) as handle:
+                handle.write(json.dumps(record, default=_json_default).encode())
+            with self._store.writing(array_path) as handle:
+                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+        except OSError as error:
+            raise CacheError(f"cannot write cache entry {array_path}: {error}") from error
+        self._store.evict(keep=(array_path, meta_path))
+        entry = self.get(key)
+        if entry is None:
+            raise CacheError(f"cache entry {array_path} vanished right after writing (max_bytes too small?)")
+        return entry
+
+    def get_or_create(
+        self, key: str, create: Callable[[], tuple[np.ndarray[Any, Any], dict[str, Any]]]
+    ) -> CachedArray:
+        """The entry for ``key``; on a miss ``create()`` runs once across all processes of the machine."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        with self._store.lock(key):
+            hit = self.get(key)
+            if hit is not None:
+                return hit
+            array, meta = create()
+            return self.put(key, array, meta)
+
+    def total_bytes(self) -> int:
+        return self._store.total_bytes()
+
+
+class ByteCache:
+    """Fetched file bytes, one file per key (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None) -> None:
+        self._store = _Store(root if root is not None else default_cache_dir(), "bytes", max_bytes)
+
+    @property
+    def root(self) -> Path:
+        return self._store.root
+
+    def get(self, key: str) -> Path | None:
+        path = self._store.path(key, ".bin")
+        if not path.exists():
+            return None
+        self._store.touch(path)
+        return path
+
+    def put(self, key: str, chunks: Iterable[bytes], *, expected_size: int | None = None) -> Path:
+        """Write ``chunks``; with ``expected_size`` a short or long body raises and publishes nothing."""
+        path = self._store.path(key, ".bin")
+        written = 0
+        with self._store.writing(path) as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                written += len(chunk)
+            if expected_size is not None and written != expected_size:
+                raise CacheError(f"received {written} bytes for cache entry {key[:12]}, expected {expected_size}")
+        self._store.evict(keep=(path,))
+        return path
+
+    def get_or_fetch(
+        self, key: str, fetch: Callable[[], Iterable[bytes]], *, expected_size: int | None = None
+    ) -> Path:
+        """The cached file for ``key``; on a miss ``fetch()`` runs once across the machine's processes."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        with self._store.lock(key):
+            hit = self.get(key)
+            if hit is not None:
+                return hit
+            return self.put(key, fetch(), expected_size=expected_size)
+
+    def total_bytes(self) -> int:
+        return self._store.total_bytes()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,205 @@
+"""The machine-wide caches: atomic entries, single-flight creation across processes, LRU byte bound."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamint_pipes.cache import (
+    ArrayCache,
+    ByteCache,
+    cache_key,
+    from_slice_major,
+    to_slice_major,
+)
+from datamint_pipes.errors import CacheError
+
+
+def test_put_get_round_trip_is_memory_mapped_and_read_only(tmp_path: Path) -> None:
+    cache = ArrayCache(tmp_path)
+    array = np.arange(2 * 3 * 4 * 5, dtype=">i2").reshape(2, 3, 4, 5)
+    key = cache_key("sha", "v1", "axial")
+    assert cache.get(key) is None
+    cache.put(key, array, {"spacing": (1.0, 0.5, 0.5)})
+    hit = cache.get(key)
+    assert hit is not None
+    assert isinstance(hit.array, np.memmap)
+    np.testing.assert_array_equal(hit.array, array)
+    assert hit.array.dtype == array.dtype
+    assert hit.meta["spacing"] == [1.0, 0.5, 0.5]
+    with pytest.raises(ValueError):
+        hit.array[0, 0, 0, 0] = 1  # read-only mapping
+    assert pickle.loads(pickle.dumps(cache)).get(key) is not None
+
+
+def test_keys_depend_on_every_part_and_are_checked(tmp_path: Path) -> None:
+    assert cache_key("a", 1) == cache_key("a", 1)
+    assert len({cache_key("a", 1), cache_key("a", 2), cache_key("b", 1), cache_key("a", 1, "axial")}) == 4
+    cache = ArrayCache(tmp_path)
+    with pytest.raises(CacheError):
+        cache.get("../../etc/passwd")
+
+
+def test_object_arrays_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match="pickle"):
+        ArrayCache(tmp_path).put(cache_key("x"), np.array([{"a": 1}], dtype=object))
+
+
+def test_a_damaged_or_foreign_file_is_never_served(tmp_path: Path) -> None:
+    cache = ArrayCache(tmp_path)
+    key = cache_key("damaged")
+    cache.put(key, np.ones((4, 4), np.float32))
+    path = cache.get(key).path  # type: ignore[union-attr]
+    path.write_bytes(path.read_bytes()[:-7])  # torn: shorter than its header says
+    assert cache.get(key) is None
+    assert not path.exists()
+    cache.put(key, np.ones((4, 4), np.float32))
+    path.write_bytes(b"\x93NUMPY garbage that is not an npy header")
+    assert cache.get(key) is None
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_major_layout_puts_each_slice_in_one_contiguous_block(tmp_path: Path, axis: int) -> None:
+    volume = np.random.default_rng(axis).integers(0, 1000, (2, 5, 6, 7), dtype=np.int16)
+    cache = ArrayCache(tmp_path)
+    entry = cache.put(cache_key("v", axis), to_slice_major(volume, axis))
+    for k in range(volume.shape[axis + 1]):
+        piece = entry.array[k]
+        assert piece.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(piece, np.take(volume, k, axis=axis + 1))
+    np.testing.assert_array_equal(from_slice_major(entry.array, axis), volume)
+
+
+def test_eviction_keeps_the_byte_bound_and_drops_least_recently_used(tmp_path: Path) -> None:
+    entry_bytes = ArrayCache(tmp_path / "probe").put(cache_key("p"), np.zeros(1000, np.uint8)).path.stat().st_size
+    meta_bytes = 100  # the JSON beside each array is well under this
+    bound = 3 * (entry_bytes + meta_bytes)
+    cache = ArrayCache(tmp_path / "c", max_bytes=bound)
+    keys = [cache_key("k", i) for i in range(6)]
+    for i, key in enumerate(keys[:3]):
+        cache.put(key, np.full(1000, i, np.uint8))
+        time.sleep(0.02)
+    assert cache.get(keys[0]) is not None  # touch: keys[1] is now the least recently used
+    time.sleep(0.02)
+    for i, key in enumerate(keys[3:], start=3):
+        cache.put(key, np.full(1000, i, np.uint8))
+        assert cache.total_bytes() <= bound
+        time.sleep(0.02)
+    present = [i for i, key in enumerate(keys) if cache.get(key) is not None]
+    assert present == [3, 4, 5] or present == [0, 4, 5]
+    assert cache.get(keys[1]) is None and cache.get(keys[2]) is None
+    assert all(p.suffix in (".npy", ".json") for p in (tmp_path / "c" / "arrays").glob("*/*"))
+
+
+def _create_in_process(root: str, key: str, log_dir: str, value: int) -> list[int]:
+    cache = ArrayCache(root)
+
+    def create() -> tuple[np.ndarray, dict]:
+        Path(log_dir, f"{os.getpid()}-{time.monotonic_ns()}").write_text(key)
+        time.sleep(0.2)
+        return np.full((64, 64), value, np.int32), {"by": os.getpid()}
+
+    entry = cache.get_or_create(key, create)
+    return [int(entry.array[0, 0]), int(entry.array.sum() // entry.array.size)]
+
+
+def test_concurrent_processes_create_each_key_once_and_read_it_intact(tmp_path: Path) -> None:
+    keys = [cache_key("shared", i) for i in range(3)]
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    jobs = [(str(tmp_path / "cache"), keys[i % 3], str(log_dir), i % 3) for i in range(12)]
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.starmap(_create_in_process, jobs)
+    created = sorted(p.read_text() for p in log_dir.iterdir())
+    assert created == sorted(keys), "each key must be created exactly once"
+    for (_, key, _, value), (first, mean) in zip(jobs, results, strict=True):
+        assert first == mean, "a reader saw a partial array"
+        assert first == ArrayCache(tmp_path / "cache").get(key).array[0, 0]  # type: ignore[union-attr]
+        assert value in (0, 1, 2)
+
+
+def _slow_writer(root: str, key: str, ready: str) -> None:
+    cache = ArrayCache(root)
+    original = np.lib.format.write_array
+
+    def stalling_write(handle, array, **kwargs):  # type: ignore[no-untyped-def]
+        handle.write(b"\x93NUMPY partial")
+        handle.flush()
+        Path(ready).write_text("writing")
+        time.sleep(60)
+        original(handle, array, **kwargs)
+
+    np.lib.format.write_array = stalling_write
+    cache.put(key, np.zeros((256, 256), np.float32))
+
+
+def test_a_writer_killed_mid_write_leaves_no_entry(tmp_path: Path) -> None:
+    key = cache_key("killed")
+    ready = tmp_path / "ready"
+    process = multiprocessing.get_context("fork").Process(
+        target=_slow_writer, args=(str(tmp_path / "cache"), key, str(ready))
+    )
+    process.start()
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ready.exists()
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(10)
+    cache = ArrayCache(tmp_path / "cache")
+    assert cache.get(key) is None
+    leftovers = list((tmp_path / "cache" / "arrays").glob("*/.tmp-*"))
+    assert leftovers, "the partial write should be a temp file"
+    assert not list((tmp_path / "cache" / "arrays").glob("*/*.npy"))
+    # Old temp files are swept at the next write; fresh ones (a live writer's) are left alone.
+    old = time.time() - 7200
+    for path in leftovers:
+        os.utime(path, (old, old))
+    cache.put(cache_key("next"), np.zeros(3))
+    assert not list((tmp_path / "cache" / "arrays").glob("*/.tmp-*"))
+    np.testing.assert_array_equal(cache.get_or_create(key, lambda: (np.ones(2), {})).array, np.ones(2))
+
+
+def test_byte_cache_checks_size_and_publishes_nothing_on_a_short_body(tmp_path: Path) -> None:
+    cache = ByteCache(tmp_path)
+    key = cache_key("resource", "r1", ("2026-01-01", None, 6))
+    with pytest.raises(CacheError, match="expected 6"):
+        cache.put(key, [b"abc", b"de"], expected_size=6)
+    assert cache.get(key) is None
+    assert not list((tmp_path / "bytes").glob("*/*"))
+    path = cache.put(key, [b"abc", b"def"], expected_size=6)
+    assert path.read_bytes() == b"abcdef"
+    assert cache.get(key) == path
+
+
+def test_byte_cache_fetches_once_across_threads(tmp_path: Path) -> None:
+    cache = ByteCache(tmp_path)
+    key = cache_key("once")
+    calls = []
+
+    def fetch() -> list[bytes]:
+        calls.append(1)
+        time.sleep(0.1)
+        return [b"payload"]
+
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(cache.get_or_fetch(key, fetch))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert {p.read_bytes() for p in paths} == {b"payload"}
+
+
+def test_bad_max_bytes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        ArrayCache(tmp_path, max_bytes=0)
