@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import queue
@@ -30,7 +31,15 @@ from torchdata.nodes.exception_wrapper import StartupExceptionWrapper
 
 from datamint_pipes.errors import PipelineError
 
-__all__ = ["EpochSampler", "EpochSamplerWrapper", "Filter", "Header", "WorkerWatchdog", "shutdown_workers"]
+__all__ = [
+    "BlockShuffle",
+    "EpochSampler",
+    "EpochSamplerWrapper",
+    "Filter",
+    "Header",
+    "WorkerWatchdog",
+    "shutdown_workers",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +102,82 @@ class Header(BaseNode[T]):
 
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.NUM_YIELDED_KEY: self._num_yielded}
+
+
+class BlockShuffle(BaseNode[T]):
+    """Shuffles ``source`` within consecutive blocks of ``block_size`` items (a shuffle buffer that resumes).
+
+    Slices expanded from volumes arrive volume by volume; a block spanning several volumes mixes them.
+    The order inside block ``b`` of epoch ``e`` is ``default_rng((seed, e, b)).permutation`` -- a pure
+    function, so it does not depend on workers. The state is the source's state at the start of the current
+    block plus an offset: a restore re-reads that block (cheap with the decoded cache) and skips what was
+    already yielded, instead of storing buffered items. Each ``reset()`` without a state starts the next
+    epoch (the first is epoch 0).
+    """
+
+    BLOCK_START_KEY = "block_start"
+    OFFSET_KEY = "offset"
+    BLOCK_INDEX_KEY = "block_index"
+    EPOCH_KEY = "epoch"
+
+    def __init__(self, source: BaseNode[T], block_size: int, *, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
+            raise ValueError(f"{block_size=} must be a positive integer")
+        self.source = source
+        self.block_size = block_size
+        self.seed = seed
+        self._epoch = -1
+        self._block: list[T] = []
+        self._order: list[int] = []
+        self._offset = 0
+        self._block_index = 0
+        self._block_start: dict[str, Any] | None = None
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        if initial_state is None:
+            self._epoch += 1
+            self.source.reset(None)
+            self._block_index = 0
+            self._fill()
+            return
+        self._epoch = int(initial_state[self.EPOCH_KEY])
+        self._block_index = int(initial_state[self.BLOCK_INDEX_KEY])
+        self.source.reset(initial_state[self.BLOCK_START_KEY])
+        self._fill()
+        self._offset = int(initial_state[self.OFFSET_KEY])
+
+    def _fill(self) -> None:
+        self._block_start = copy.deepcopy(self.source.state_dict())
+        self._block = []
+        for item in self.source:
+            self._block.append(item)
+            if len(self._block) == self.block_size:
+                break
+        rng = np.random.default_rng((self.seed, self._epoch, self._block_index))
+        self._order = [int(i) for i in rng.permutation(len(self._block))]
+        self._offset = 0
+
+    def next(self) -> T:
+        if self._offset >= len(self._block):
+            if len(self._block) < self.block_size:
+                raise StopIteration
+            self._block_index += 1
+            self._fill()
+            if not self._block:
+                raise StopIteration
+        item = self._block[self._order[self._offset]]
+        self._offset += 1
+        return item
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            self.BLOCK_START_KEY: self._block_start,
+            self.OFFSET_KEY: self._offset,
+            self.BLOCK_INDEX_KEY: self._block_index,
+            self.EPOCH_KEY: self._epoch,
+        }
 
 
 class EpochSampler(Sampler[int]):

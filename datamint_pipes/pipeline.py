@@ -5,6 +5,7 @@ The graph a :class:`Pipeline` builds::
     EpochSamplerWrapper(EpochSampler)     indices, a pure function of (seed, epoch)
       -> ParallelMapper(fused stages)     map / filter / expand fused into one ``index -> list[sample]``
       -> Unbatcher                        flattens (a filtered-out item yields nothing)
+      -> BlockShuffle                     if ``shuffle_buffer()``: mixes items across resources
       -> Batcher                          if ``batch()``
       -> Mapper(collate)                  if ``collate()``
       -> Prefetcher                       if ``loader(prefetch=...)``
@@ -41,7 +42,7 @@ from torchdata.nodes import (
 )
 from torchdata.nodes.exception_wrapper import ExceptionWrapper
 
-from datamint_pipes.nodes import EpochSampler, EpochSamplerWrapper, WorkerWatchdog, shutdown_workers
+from datamint_pipes.nodes import BlockShuffle, EpochSampler, EpochSamplerWrapper, WorkerWatchdog, shutdown_workers
 
 __all__ = ["Loader", "Pipeline", "WorkerType"]
 
@@ -152,6 +153,7 @@ class Pipeline:
     rank: int = 0
     world_size: int = 1
     stages: tuple[_Stage, ...] = ()
+    shuffle_block: int | None = None
     batch_size: int | None = None
     drop_last: bool = False
     collate_fn: _Collate | None = None
@@ -183,6 +185,15 @@ class Pipeline:
     def expand(self, fn: Callable[[Any], Sequence[Any]], *, name: str | None = None) -> Pipeline:
         """Replace every item by the items of the list ``fn(sample)`` (1 -> N; an empty list drops it)."""
         return self._add_stage("expand", fn, name)
+
+    def shuffle_buffer(self, block_size: int) -> Pipeline:
+        """Shuffle the expanded items within blocks of ``block_size`` (see :class:`~datamint_pipes.nodes.BlockShuffle`),
+        so slices of several volumes mix in a batch. Deterministic per (seed, epoch); resumes exactly."""
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
+            raise ValueError(f"{block_size=} must be a positive integer")
+        if self.batch_size is not None:
+            raise ValueError("shuffle_buffer() must come before batch()")
+        return dataclasses.replace(self, shuffle_block=block_size)
 
     def batch(self, batch_size: int, *, drop_last: bool = False) -> Pipeline:
         """Group items into lists of ``batch_size`` (the last one shorter unless ``drop_last``)."""
@@ -262,6 +273,8 @@ class Pipeline:
                     max_concurrent=max_concurrent,
                 )
             node = Unbatcher(node)
+        if self.shuffle_block is not None:
+            node = BlockShuffle(node, self.shuffle_block, seed=self.seed)
         if self.batch_size is not None:
             node = Batcher(node, batch_size=self.batch_size, drop_last=self.drop_last)
         if self.collate_fn is not None:
