@@ -42,8 +42,10 @@ def _collate_values(key: str, values: list[Any]) -> Any:
                 f"cannot stack {key!r}: shapes differ across the batch ({sorted(shapes)}); "
                 "add a resize (e.g. albumentations.Resize) so every item has the same shape, or use batch_size=1"
             )
-        tensors = [torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for v in values]
-        return torch.stack(tensors)
+        if all(isinstance(v, np.ndarray) for v in values):
+            # One copy into a new writable array (items may be read-only memory maps of the decoded cache).
+            return torch.from_numpy(np.stack(values))
+        return torch.stack([torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for v in values])
     if isinstance(first, (bool, int, float, np.number)) and all(isinstance(v, type(first)) for v in values):
         return torch.as_tensor(values)
     return values

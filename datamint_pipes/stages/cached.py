@@ -1,0 +1,193 @@
+"""The fast path: decode each resource once per machine, then serve it from memory-mapped ``.npy`` files.
+
+* :class:`CachedDecode` -- like :class:`~datamint_pipes.stages.load.DecodeImage`, but the first call for a
+  resource (in any worker thread or process) decodes it and stores the array slice-major in an
+  :class:`~datamint_pipes.cache.ArrayCache`; every later call memory-maps it. ``image`` is then a read-only
+  (C,N,H,W) view whose slices along ``slice_axis`` are contiguous.
+* :class:`SliceIndex` + :class:`ReadSlice` -- random access: a global index over every (resource, slice)
+  built from catalogue headers (no decoding); reading one slice of a cached volume touches only that slice.
+
+Cache keys are (content SHA-256 -- or, without one, the resource id and version --, decoder version, layout),
+so an edited file or a new decoder never serves a stale array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datamint_pipes import __version__
+from datamint_pipes.cache import ArrayCache, CachedArray, cache_key, from_slice_major, to_slice_major
+from datamint_pipes.model import Annotation, Resource, Sample
+from datamint_pipes.sources.base import Source
+from datamint_pipes.stages.expand import slice_axis_index
+from datamint_pipes.stages.load import decode_resource
+
+__all__ = ["CachedDecode", "ReadSlice", "SliceIndex", "decoded_cache_key", "read_metainfo"]
+
+
+def decoded_cache_key(resource: Resource, slice_axis: int) -> str:
+    """Key of a resource's decoded array stored with ``slice_axis`` first."""
+    content = resource.metadata.get("sha256") or ["id", resource.id, *resource.cache_version]
+    return cache_key("decoded", content, __version__, "slice-major", slice_axis)
+
+
+def read_metainfo(source: Source, resource: Resource, meta: Mapping[str, Any]) -> Any:
+    """``metainfo`` from headers alone (no pixels): the pydicom dataset of the first slice, or NIfTI's
+    ``{'affine', 'header', 'shape'}``; ``None`` for other formats."""
+    file_format = meta.get("format")
+    relpath = meta.get("metainfo_file") or resource.files[0]
+    if file_format not in ("dicom", "nifti"):
+        return None
+    path = source.local_path(relpath)
+    if file_format == "dicom":
+        import pydicom
+
+        if path is not None:
+            return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        with source.open_file(relpath) as handle:
+            return pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+    import nibabel as nib
+
+    if path is None:  # nibabel needs a file: decode the header from the bytes
+        from datamint_pipes.stages.load import decode_file
+
+        return decode_file(source, resource, relpath).metainfo
+    image: Any = nib.load(path)
+    return {"affine": image.affine, "header": image.header, "shape": image.shape}
+
+
+def _decode_for_cache(source: Source, resource: Resource, axis: int) -> tuple[np.ndarray[Any, Any], dict[str, Any]]:
+    decoded = decode_resource(source, resource)
+    array = decoded.array
+    stored = to_slice_major(array, axis) if array.ndim == 4 else array
+    meta: dict[str, Any] = {
+        "format": resource.metadata.get("format"),
+        "layout": "slice-major" if array.ndim == 4 else "chw",
+        "slice_axis": axis,
+        "spacing": list(decoded.spacing) if decoded.spacing is not None else None,
+        "affine": decoded.affine.tolist() if decoded.affine is not None else None,
+    }
+    if len(resource.files) > 1:
+        meta["metainfo_file"] = _file_of_dataset(source, resource, decoded.metainfo)
+    return np.ascontiguousarray(stored), meta
+
+
+def _file_of_dataset(source: Source, resource: Resource, dataset: Any) -> str | None:
+    """Which file of a series the decoded metainfo came from (matched by SOPInstanceUID)."""
+    import pydicom
+
+    wanted = getattr(dataset, "SOPInstanceUID", None)
+    for relpath in resource.files:
+        with source.open_file(relpath) as handle:
+            header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True)
+        if wanted is not None and getattr(header, "SOPInstanceUID", None) == wanted:
+            return relpath
+    return None
+
+
+def _entry(source: Source, cache: ArrayCache, resource: Resource, axis: int) -> CachedArray:
+    key = decoded_cache_key(resource, axis)
+    return cache.get_or_create(key, lambda: _decode_for_cache(source, resource, axis))
+
+
+def _geometry(meta: Mapping[str, Any]) -> tuple[tuple[float, ...] | None, np.ndarray[Any, Any] | None]:
+    spacing = tuple(meta["spacing"]) if meta.get("spacing") is not None else None
+    affine = np.asarray(meta["affine"], dtype=np.float64) if meta.get("affine") is not None else None
+    return spacing, affine
+
+
+@dataclass(frozen=True)
+class CachedDecode:
+    """Adds ``image`` (read-only memory-mapped view, (C,H,W) or (C,N,H,W)), ``spacing``, ``affine`` and, when
+    ``metainfo`` is true, ``metainfo`` (from headers) -- the same values as ``DecodeImage``."""
+
+    source: Source
+    cache: ArrayCache
+    slice_axis: str | int = "axial"
+    metainfo: bool = True
+
+    def __post_init__(self) -> None:
+        slice_axis_index(self.slice_axis)
+
+    def __call__(self, sample: Sample) -> Sample:
+        resource = sample["resource"]
+        axis = slice_axis_index(self.slice_axis)
+        entry = _entry(self.source, self.cache, resource, axis)
+        image = from_slice_major(entry.array, axis) if entry.meta["layout"] == "slice-major" else entry.array
+        spacing, affine = _geometry(entry.meta)
+        out: dict[str, Any] = dict(sample)
+        out.update(image=image, spacing=spacing, affine=affine)
+        out["metainfo"] = read_metainfo(self.source, resource, entry.meta) if self.metainfo else None
+        return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SliceIndex:
+    """Every (resource position, slice number) along ``slice_axis``, from the catalogue's ``shape`` headers.
+
+    A 2D resource counts as one slice. ``len(index)`` is the number of slices; ``index[i]`` the pair.
+    """
+
+    resource_positions: tuple[int, ...]
+    slice_numbers: tuple[int, ...]
+
+    @classmethod
+    def from_resources(cls, resources: Sequence[Resource], slice_axis: str | int = "axial") -> SliceIndex:
+        axis = slice_axis_index(slice_axis)
+        positions: list[int] = []
+        numbers: list[int] = []
+        for position, resource in enumerate(resources):
+            shape = resource.metadata.get("shape")
+            if shape is None:
+                raise ValueError(f"resource {resource.id} has no 'shape' in its metadata; probe it first")
+            count = int(shape[axis + 1]) if len(shape) == 4 else 1
+            positions.extend([position] * count)
+            numbers.extend(range(count))
+        return cls(tuple(positions), tuple(numbers))
+
+    def __len__(self) -> int:
+        return len(self.resource_positions)
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        return self.resource_positions[index], self.slice_numbers[index]
+
+
+@dataclass(frozen=True)
+class ReadSlice:
+    """``index -> Sample`` for random access: one slice of one resource, read from the decoded cache.
+
+    The sample has ``index`` (the global slice index), ``resource_id``, ``resource``, ``annotations``,
+    ``slice_index``, ``slice_axis``, ``image`` ((C,H,W) for volumes sliced along the axis; the image itself
+    for 2D resources), ``spacing`` and ``affine`` of the volume. The first read of a resource decodes it
+    whole and caches it; later reads touch only their slice.
+    """
+
+    source: Source
+    cache: ArrayCache
+    resources: Sequence[Resource]
+    index: SliceIndex
+    annotations: Mapping[str, Sequence[Annotation]] = field(default_factory=dict)
+    slice_axis: str | int = "axial"
+
+    def __call__(self, index: int) -> Sample:
+        position, number = self.index[index]
+        resource = self.resources[position]
+        axis = slice_axis_index(self.slice_axis)
+        entry = _entry(self.source, self.cache, resource, axis)
+        image = entry.array[number] if entry.meta["layout"] == "slice-major" else entry.array
+        spacing, affine = _geometry(entry.meta)
+        return {
+            "index": index,
+            "resource_id": resource.id,
+            "resource": resource,
+            "annotations": list(self.annotations.get(resource.id, ())),
+            "slice_index": number,
+            "slice_axis": self.slice_axis,
+            "image": image,
+            "spacing": spacing,
+            "affine": affine,
+        }

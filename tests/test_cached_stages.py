@@ -1,0 +1,111 @@
+"""The decoded-array cache in the pipeline: same values as decoding, one decode per resource per machine."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamint_pipes.cache import ArrayCache
+from datamint_pipes.pipeline import Pipeline
+from datamint_pipes.samples import SAMPLE_NAMES
+from datamint_pipes.sources.local import LocalProject
+from datamint_pipes.stages.cached import CachedDecode, ReadSlice, SliceIndex, decoded_cache_key
+from datamint_pipes.stages.collate import Collate
+from datamint_pipes.stages.expand import SliceVolume
+from datamint_pipes.stages.load import DecodeImage, ReadResource
+
+
+def _datasets_equal(a: object, b: object) -> bool:
+    if hasattr(a, "dir"):  # pydicom datasets: every element before the pixel data is equal
+        tags = {t for t in a.keys() if t < 0x7FE00010} | {t for t in b.keys() if t < 0x7FE00010}  # type: ignore[attr-defined]
+        return all(a.get(t) == b.get(t) for t in tags)  # type: ignore[attr-defined]
+    if isinstance(a, dict):
+        return np.array_equal(a["affine"], b["affine"]) and a["shape"] == b["shape"]  # type: ignore[index]
+    return a is None and b is None
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_cached_decode_equals_decode(sample_root: Path, tmp_path: Path, name: str, axis: str) -> None:
+    project = LocalProject.open(sample_root / name, read_only=True)
+    read = ReadResource(project.resources())
+    cache = ArrayCache(tmp_path)
+    for i in range(len(project.resources())):
+        plain = DecodeImage(project)(read(i))
+        for _ in range(2):  # a miss (decode + store), then a hit (memory map)
+            cached = CachedDecode(project, cache, axis)(read(i))
+            assert cached["image"].dtype == plain["image"].dtype
+            np.testing.assert_array_equal(cached["image"], plain["image"])
+            assert cached["spacing"] == plain["spacing"]
+            if plain["affine"] is None:
+                assert cached["affine"] is None
+            else:
+                np.testing.assert_allclose(cached["affine"], plain["affine"])
+            assert _datasets_equal(cached["metainfo"], plain["metainfo"])
+
+
+def test_cache_holds_one_entry_per_resource_and_layout(sample_root: Path, tmp_path: Path) -> None:
+    project = LocalProject.open(sample_root / "sample-volumes", read_only=True)
+    resources = project.resources()
+    cache = ArrayCache(tmp_path)
+    stage = CachedDecode(project, cache, "axial", metainfo=False)
+    read = ReadResource(resources)
+    for i in range(len(resources)):
+        stage(read(i))
+        stage(read(i))
+    assert len(list((tmp_path / "arrays").glob("*/*.npy"))) == len(resources)
+    keys = {decoded_cache_key(r, 0) for r in resources} | {decoded_cache_key(r, 1) for r in resources}
+    assert len(keys) == 2 * len(resources)
+
+
+@pytest.mark.parametrize("axis", ["axial", "sagittal"])
+def test_random_access_slices_equal_the_decoded_volume(sample_root: Path, tmp_path: Path, axis: str) -> None:
+    project = LocalProject.open(sample_root / "sample-volumes", read_only=True)
+    resources = project.resources()
+    index = SliceIndex.from_resources(resources, axis)
+    position = {"axial": 0, "sagittal": 2}[axis]
+    expected_total = sum(r.metadata["shape"][position + 1] for r in resources)
+    assert len(index) == expected_total
+    reader = ReadSlice(project, ArrayCache(tmp_path), resources, index, slice_axis=axis)
+    volumes = [DecodeImage(project)(ReadResource(resources)(i))["image"] for i in range(len(resources))]
+    for i in np.random.default_rng(0).permutation(len(index))[:40]:
+        sample = reader(int(i))
+        r, k = index[int(i)]
+        assert sample["resource_id"] == resources[r].id and sample["slice_index"] == k
+        np.testing.assert_array_equal(sample["image"], np.take(volumes[r], k, axis=position + 1))
+
+
+def test_process_workers_share_the_cache_and_agree_with_streaming(sample_root: Path, tmp_path: Path) -> None:
+    project_dir = tmp_path / "p"
+    shutil.copytree(sample_root / "sample-volumes", project_dir)
+    project = LocalProject.open(project_dir, read_only=True)
+    resources = project.resources()
+    cache = ArrayCache(tmp_path / "cache")
+    index = SliceIndex.from_resources(resources)
+    random_access = Pipeline(num_items=len(index), seed=2, shuffle=False).map(
+        ReadSlice(project, cache, resources, index)
+    )
+    streaming = (
+        Pipeline(num_items=len(resources), seed=2, shuffle=False)
+        .map(ReadResource(resources))
+        .map(DecodeImage(project))
+        .expand(SliceVolume("axial"))
+    )
+    with streaming.loader(num_workers=2) as loader:
+        expected = [(s["resource_id"], s["slice_index"], np.array(s["image"])) for s in loader]
+    with (
+        random_access.batch(1)
+        .collate(Collate())
+        .loader(num_workers=2, worker_type="process", multiprocessing_context="fork") as loader
+    ):
+        got = []
+        for batch in loader:
+            for j in range(len(batch["resource_id"])):
+                got.append((batch["resource_id"][j], int(batch["slice_index"][j]), batch["image"][j].numpy()))
+    assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in expected]
+    for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(list((tmp_path / "cache" / "arrays").glob("*/*.npy"))) == len(resources)
