@@ -4,7 +4,7 @@
 
 * ``sample-images`` -- 2D: a colour fundus photograph (JPEG), grey microscopy and phantom PNGs, a 16-bit
   PNG made from a real CT slice, single-frame DICOM (CT, MR);
-* ``sample-volumes`` -- two DICOM series (CT, MR) and NIfTI volumes, 3D and 4D;
+* ``sample-volumes`` -- a DICOM CT series and NIfTI volumes, 3D and 4D;
 * ``sample-videos`` -- a multi-frame ultrasound DICOM cine and an MP4 encoded here from its frames.
 
 Each project has a worklist schema, annotations from two annotators (image labels, categories,
@@ -146,10 +146,8 @@ def _build_volumes(project: LocalProject, work: Path) -> None:
     from datamint_pipes.stages.load import decode_resource
 
     worklist_id = _worklist(project, "volume review", frame_labels=True)
-    series = [
-        _pydicom("dicomdirtests/98892001/CT5N"),
-        _pydicom("dicomdirtests/98892003/MR700"),
-    ]
+    # CT5N is the one real parallel stack among pydicom's series (MR700 mixes orientations; CT2 has a gap).
+    series = [_pydicom("dicomdirtests/98892001/CT5N")]
     niftis = [
         real_file("nibabel", "tests/data/anatomical.nii"),
         real_file("nibabel", "tests/data/example4d.nii.gz"),

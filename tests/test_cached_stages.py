@@ -20,7 +20,8 @@ from datamint_pipes.stages.load import DecodeImage, ReadResource
 
 def _datasets_equal(a: object, b: object) -> bool:
     if hasattr(a, "dir"):  # pydicom datasets: every element before the pixel data is equal
-        tags = {t for t in a.keys() if t < 0x7FE00010} | {t for t in b.keys() if t < 0x7FE00010}  # type: ignore[attr-defined]
+        keys = set(a.keys()) | set(b.keys())  # type: ignore[attr-defined]
+        tags = {t for t in keys if t < 0x7FE00010}
         return all(a.get(t) == b.get(t) for t in tags)  # type: ignore[attr-defined]
     if isinstance(a, dict):
         return np.array_equal(a["affine"], b["affine"]) and a["shape"] == b["shape"]  # type: ignore[index]

@@ -41,7 +41,6 @@ def test_three_projects_with_the_promised_content(sample_root: Path) -> None:
 
     kinds = {r.filename: (r.metadata["format"], len(r.files), tuple(r.metadata["shape"])) for r in volumes.resources()}
     assert kinds["CT5N"] == ("dicom", 5, (1, 5, 16, 16))
-    assert kinds["MR700"][:2] == ("dicom", 7)
     assert kinds["anatomical.nii"] == ("nifti", 1, (1, 25, 41, 33))
     assert kinds["example4d.nii.gz"] == ("nifti", 1, (2, 24, 96, 128))
 
@@ -71,7 +70,7 @@ def test_split_history_has_two_revisions(sample_root: Path) -> None:
     assert before == []
     ids = [r.id for r in project.resources()]
     assert set(first) == set(second) == set(ids)
-    assert Counter(first.values()) == {"train": 4, "test": 1}
+    assert Counter(first.values()) == {"train": 3, "test": 1}
     assert first != second and second[ids[0]] == "val" and second[ids[-1]] == "train"
     history = project.split_assignments(include_history=True)
     assert len(history) == len(ids) + 2
@@ -158,7 +157,7 @@ def test_demo_runs_end_to_end_and_writes_a_preview(tmp_path: Path, capsys: pytes
     for stage in ("read", "decode", "masks", "slice", "resize"):
         assert f"\n{stage} " in out
     rows = [line.split() for line in out.splitlines() if line.startswith("sample-")]
-    assert {row[0]: int(row[2]) for row in rows} == {"sample-images": 7, "sample-volumes": 68, "sample-videos": 60}
+    assert {row[0]: int(row[2]) for row in rows} == {"sample-images": 7, "sample-volumes": 61, "sample-videos": 60}
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(SAMPLE_NAMES)
     preview = Image.open(tmp_path / "preview.png")
     assert preview.format == "PNG" and preview.size[0] > 600 and preview.size[1] > 400

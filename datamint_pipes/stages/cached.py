@@ -186,7 +186,7 @@ class ReadSlice:
             "resource": resource,
             "annotations": list(self.annotations.get(resource.id, ())),
             "slice_index": number,
-            "slice_axis": self.slice_axis,
+            "slice_axis": str(self.slice_axis),
             "image": image,
             "spacing": spacing,
             "affine": affine,
