@@ -465,7 +465,8 @@ class Sample(TypedDict, total=False):
     Pipeline keys:
 
     * ``resource_id`` -- id of the resource the sample comes from (every sample has it).
-    * ``index`` -- position of the resource in the pipeline's resource list.
+    * ``index`` -- position of the resource (or slice) in the pipeline's list; ``epoch`` -- the epoch it was drawn
+      in (0 for map-style access), the input of per-epoch randomness.
     * ``slice_index`` / ``slice_axis`` -- set on samples expanded from a volume or video.
     * ``spacing`` -- voxel spacing along the array's (N,)H,W axes, when known; ``affine`` -- 4x4 voxel-to-patient
       transform of those axes, when known.
@@ -482,6 +483,7 @@ class Sample(TypedDict, total=False):
     resource: Resource
     resource_id: str
     index: int
+    epoch: int
     slice_index: int
     slice_axis: str
     spacing: tuple[float, ...] | None

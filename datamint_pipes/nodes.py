@@ -33,6 +33,7 @@ from datamint_pipes.errors import PipelineError
 
 __all__ = [
     "BlockShuffle",
+    "EpochIndex",
     "EpochSampler",
     "EpochSamplerWrapper",
     "Filter",
@@ -180,6 +181,21 @@ class BlockShuffle(BaseNode[T]):
         }
 
 
+class EpochIndex(int):
+    """An index that also carries the ``epoch`` it was drawn in (it is an ``int`` everywhere else), so stages
+    can derive per-epoch randomness -- augmentation -- from (seed, epoch, sample key) without global state."""
+
+    epoch: int
+
+    def __new__(cls, value: int, epoch: int = 0) -> EpochIndex:
+        index = super().__new__(cls, value)
+        index.epoch = epoch
+        return index
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (EpochIndex, (int(self), self.epoch))
+
+
 class EpochSampler(Sampler[int]):
     """Indices ``0..num_items-1`` in an order that is a pure function of (``seed``, epoch).
 
@@ -238,7 +254,8 @@ class EpochSampler(Sampler[int]):
         return [int(i) for i in order[:total][self.rank :: self.world_size]]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
+        epoch = self.epoch
+        return (EpochIndex(i, epoch) for i in self.indices())
 
 
 class EpochSamplerWrapper(SamplerWrapper[int]):

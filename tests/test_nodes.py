@@ -34,7 +34,7 @@ def test_epoch_sampler_order_is_documented_permutation(num_items: int, seed: int
     for epoch in range(3):
         sampler.set_epoch(epoch)
         assert list(sampler) == permutation(num_items, seed, epoch)
-        assert all(type(i) is int for i in sampler)
+        assert all(isinstance(i, int) and i.epoch == epoch for i in sampler)  # plain ints, not numpy ints
         assert len(sampler) == num_items
 
 
@@ -201,3 +201,17 @@ def test_plain_sampler_wrapper_repeats_epoch_after_header_restore() -> None:
 def test_header_rejects_bad_n(n: int) -> None:
     with pytest.raises(ValueError, match="n="):
         Header(IterableWrapper([1]), n)
+
+
+def test_sampler_indices_carry_their_epoch_and_pickle() -> None:
+    import pickle
+
+    from datamint_pipes.nodes import EpochIndex
+
+    sampler = EpochSampler(5, seed=1)
+    sampler.set_epoch(3)
+    drawn = list(sampler)
+    assert [int(i) for i in drawn] == permutation(5, 1, 3)
+    assert all(isinstance(i, EpochIndex) and i.epoch == 3 for i in drawn)
+    copy = pickle.loads(pickle.dumps(drawn[0]))
+    assert copy == drawn[0] and copy.epoch == 3 and [10, 11, 12, 13, 14][copy] == 10 + int(drawn[0])

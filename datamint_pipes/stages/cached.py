@@ -181,7 +181,8 @@ class ReadSlice:
         image = entry.array[number] if entry.meta["layout"] == "slice-major" else entry.array
         spacing, affine = _geometry(entry.meta)
         return {
-            "index": index,
+            "index": int(index),
+            "epoch": getattr(index, "epoch", 0),
             "resource_id": resource.id,
             "resource": resource,
             "annotations": list(self.annotations.get(resource.id, ())),
