@@ -77,11 +77,16 @@ def test_public_surface_is_exactly_all() -> None:
             "Decoded",
             "Decoder",
             "ProbeResult",
+            "SeriesGeometry",
+            "SeriesGeometryWarning",
             "decode",
+            "decode_frames",
+            "decode_series",
             "detect_format",
             "get_decoder",
             "minmax_to_uint8",
             "probe",
+            "probe_series",
             "register",
         ]
     )

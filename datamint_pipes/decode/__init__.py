@@ -6,6 +6,10 @@
 * Formats: DICOM (:mod:`.dicom`), PNG/JPEG (:mod:`.image`), NIfTI (:mod:`.nifti`), MP4/AVI/MOV/MKV/WebM
   (:mod:`.video`). :func:`detect_format` checks magic bytes (DICOM's ``DICM`` at offset 128 first), then the
   mimetype, then the filename suffix.
+* A DICOM series of single-frame files: :func:`decode_series` / :func:`probe_series` (:mod:`.series`) stack them
+  along the slice normal, with the measured :class:`SeriesGeometry`; irregular spacing is an error or a
+  :class:`SeriesGeometryWarning`, never a silent uniform spacing.
+* A video's frames ``[start, stop)`` without decoding the rest: :func:`decode_frames` (:mod:`.video`).
 * Every failure raises :class:`~datamint_pipes.errors.DecodeError` (a ``ValueError``) naming the resource id,
   the file and the cause.
 * The registry is open: :func:`register` a decoder (``name``, ``mimetypes``, ``suffixes``, ``sniff``, ``probe``,
@@ -17,17 +21,23 @@ from datamint_pipes.decode._registry import decode, detect_format, get_decoder, 
 from datamint_pipes.decode.dicom import DicomDecoder
 from datamint_pipes.decode.image import JPEG, PNG
 from datamint_pipes.decode.nifti import NiftiDecoder
-from datamint_pipes.decode.video import VideoDecoder
+from datamint_pipes.decode.series import SeriesGeometry, SeriesGeometryWarning, decode_series, probe_series
+from datamint_pipes.decode.video import VideoDecoder, decode_frames
 
 __all__ = [
     "Decoded",
     "Decoder",
     "ProbeResult",
+    "SeriesGeometry",
+    "SeriesGeometryWarning",
     "decode",
+    "decode_frames",
+    "decode_series",
     "detect_format",
     "get_decoder",
     "minmax_to_uint8",
     "probe",
+    "probe_series",
     "register",
 ]
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from datamint_pipes.decode.series import SeriesGeometry
 
 __all__ = ["Decoded", "Decoder", "ProbeResult", "minmax_to_uint8", "native_contiguous"]
 
@@ -29,6 +32,8 @@ class ProbeResult:
             (frames,rows,columns[,samples]), PNG/JPEG (H,W[,bands]), video (frames,H,W).
         spacing: voxel spacing along (N,H,W) for volumes or (H,W) for 2D images, when the header gives
             every one of them; else ``None``.
+        geometry: for a series of files (:func:`datamint_pipes.decode.probe_series`), where its slices lie;
+            else ``None``.
     """
 
     kind: Kind
@@ -38,6 +43,7 @@ class ProbeResult:
     frame_count: int
     stored_shape: tuple[int, ...]
     spacing: tuple[float, ...] | None = None
+    geometry: SeriesGeometry | None = None
 
 
 @dataclass
@@ -53,12 +59,15 @@ class Decoded:
         affine: 4x4 float64 matrix mapping the array's voxel indices (n, h, w, 1) to RAS+ world coordinates
             (the NIfTI/nibabel convention, millimetres), when the header defines the geometry; else ``None``.
             For a 2D image the n column is the slice normal (times the slice spacing when known).
+        geometry: for a series of files (:func:`datamint_pipes.decode.decode_series`), where its slices lie;
+            else ``None``.
     """
 
     array: np.ndarray[Any, Any]
     metainfo: Any
     spacing: tuple[float, ...] | None
     affine: np.ndarray[Any, Any] | None
+    geometry: SeriesGeometry | None = None
 
 
 @runtime_checkable

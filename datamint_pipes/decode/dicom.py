@@ -6,7 +6,9 @@ and columns are kept as stored (no reorientation).
 Values, in this order:
 
 * stored pixels decoded by pydicom (uncompressed, deflated, RLE; JPEG baseline through Pillow; JPEG 2000 through
-  pylibjpeg-openjpeg, the ``codecs`` extra), YBR_FULL / YBR_FULL_422 converted to RGB by pydicom;
+  pylibjpeg-openjpeg, the ``codecs`` extra), YBR_FULL / YBR_FULL_422 converted to RGB by pydicom. 8-bit JPEG
+  baseline/extended frames (grey, YBR, Adobe RGB) are decoded by libjpeg-turbo directly, in a few threads
+  (:mod:`._jpeg`: same values, except that libjpeg converts YCbCr to RGB itself, at most 1 apart from pydicom);
 * PALETTE COLOR -> RGB (RGBA with an alpha LUT) through ``pydicom.pixels.apply_color_lut``: uint8 or uint16 as the
   LUT entries are 8 or 16 bits;
 * MONOCHROME1 is inverted so that higher means brighter, over the representable stored range:
@@ -36,6 +38,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from datamint_pipes.decode import _dicom_geometry as geometry
 from datamint_pipes.decode._base import Decoded, ProbeResult, native_contiguous
+from datamint_pipes.decode._jpeg import decode_jpeg_frames
 from datamint_pipes.errors import DecodeError
 
 __all__ = ["DicomDecoder"]
@@ -194,11 +197,13 @@ def _int_attribute(ds: Dataset, keyword: str, default: int) -> int:
 def _stored_pixels(ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:
     """Stored values as pydicom decodes them: (rows, cols[, samples]) or (frames, rows, cols[, samples])."""
     syntax = ds.file_meta.TransferSyntaxUID
-    try:
-        stored = pixel_array(ds, as_rgb=True)
-    except (NotImplementedError, RuntimeError) as exc:
-        hint = "; install the 'codecs' extra (pylibjpeg-openjpeg)" if "JPEG 2000" in syntax.name else ""
-        raise DecodeError(f"no installed codec decodes DICOM {syntax.name} pixel data{hint}: {exc}") from exc
+    stored = decode_jpeg_frames(ds, image.frames, image.rows, image.columns)
+    if stored is None:
+        try:
+            stored = pixel_array(ds, as_rgb=True)
+        except (NotImplementedError, RuntimeError) as exc:
+            hint = "; install the 'codecs' extra (pylibjpeg-openjpeg)" if "JPEG 2000" in syntax.name else ""
+            raise DecodeError(f"no installed codec decodes DICOM {syntax.name} pixel data{hint}: {exc}") from exc
     frames = () if image.frames == 1 else (image.frames,)
     samples = (image.samples,) if image.samples > 1 else ()
     expected = (*frames, image.rows, image.columns, *samples)

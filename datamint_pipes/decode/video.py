@@ -1,9 +1,12 @@
 """Videos (MP4, MOV, AVI, MKV, WebM) through PyAV, as (3,N,H,W) uint8 RGB.
 
-One sequential decode of the first video stream per call; frames are converted to RGB (``rgb24``) at the
-stream's coded width and height. Rotation metadata is not applied. The frame count comes from the container
-header; when the header has none (``frames == 0``, common for MKV/WebM), ``probe`` counts the stream's packets
-without decoding them.
+One sequential decode of the first video stream per call (frame threads on); frames are converted to RGB
+(``rgb24``, the values of PyAV's ``frame.to_ndarray(format="rgb24")``) at the stream's coded width and height through
+one reused swscale context, straight into the planes of the preallocated (3,N,H,W) array. Rotation metadata is not
+applied. :func:`decode_frames` reads frames ``[start, stop)`` alone: it seeks to the keyframe before ``start``.
+
+The frame count comes from the container header; when the header has none (``frames == 0``, common for MKV/WebM),
+``probe`` counts the stream's packets without decoding them.
 
 Truncated or damaged files raise :class:`~datamint_pipes.errors.DecodeError` rather than give a silently short
 video: a file shorter than its RIFF (AVI) or Matroska Segment header declares; a decode that yields another number
@@ -12,15 +15,19 @@ of frames than the header promises; or, without a count, frames ending well befo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from datamint_pipes.decode._base import Decoded, ProbeResult
+from datamint_pipes.decode._jpeg import split_channels
+from datamint_pipes.decode._registry import Source, _opened, _source_name, _translated
 from datamint_pipes.errors import DecodeError
 
-__all__ = ["VideoDecoder"]
+__all__ = ["VideoDecoder", "decode_frames"]
 
 # ISO base media brands that are still images, not videos (HEIF/AVIF share MP4's container).
 _IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
@@ -77,12 +84,12 @@ class VideoDecoder:
             out = np.empty((3, expected, height, width), dtype=np.uint8) if expected else None
             count = 0
             times: list[float] = []
+            to_rgb = _RGBConverter(width, height)
             for frame in container.decode(video):
-                rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
                 if out is not None and count < expected:
-                    out[:, count] = rgb.transpose(2, 0, 1)
+                    to_rgb(frame, out[:, count])
                 else:
-                    frames.append(rgb.transpose(2, 0, 1))
+                    frames.append(to_rgb(frame, np.empty((3, height, width), dtype=np.uint8)))
                 if frame.time is not None:
                     times.append(float(frame.time))
                 count += 1
@@ -95,6 +102,108 @@ class VideoDecoder:
         elif count != expected:
             raise DecodeError(f"decoded {count} video frames, the container header says {expected} (truncated?)")
         return Decoded(array=out, metainfo=None, spacing=None, affine=None)
+
+
+class _RGBConverter:
+    """Frames to RGB through one reused swscale context (a fresh one per frame costs more than decoding)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.reformatter = VideoReformatter()
+
+    def __call__(self, frame: Any, out: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Write ``frame`` as RGB into ``out``, a (3,H,W) uint8 array with contiguous planes; return ``out``."""
+        rgb = self.reformatter.reformat(frame, width=self.width, height=self.height, format="rgb24").to_ndarray()
+        split_channels(rgb, [out[0], out[1], out[2]])
+        return out
+
+
+def decode_frames(
+    source: Source, start: int, stop: int, *, filename: str | None = None, resource_id: str | None = None
+) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """Frames ``[start, stop)`` of a video's first stream as (3, stop-start, H, W) uint8 RGB.
+
+    Equal to ``decode(source).array[:, start:stop]``. The stream's packets are demuxed once, without decoding, to list
+    the frames' timestamps in presentation order and the keyframes; the read seeks to the last keyframe at or before
+    frame ``start``, decodes forward and converts only the wanted frames, so it decodes about one GOP more than it
+    returns, wherever the range lies. Streams whose packets lack timestamps (or disagree with the header's frame
+    count) are decoded from their first frame instead. ``source`` and the keywords are as for :func:`decode`.
+    Raises :class:`DecodeError`, also for a range outside the video's frames.
+    """
+    name = filename if filename is not None else _source_name(source)
+    with _translated("decode", resource_id, name) as attempt, _opened(source) as stream:
+        attempt.format = "video"
+        return _read_range(stream, start, stop)[0]
+
+
+def _read_range(stream: BinaryIO, start: int, stop: int) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], int]:
+    """(frames ``[start, stop)`` as (3,n,H,W) uint8, how many frames the decoder produced to get them)."""
+    if not 0 <= start < stop:
+        raise DecodeError(f"frame range {start=}, {stop=} must satisfy 0 <= start < stop")
+    _check_length(stream)
+    with av.open(stream, mode="r") as container:
+        video = _video_stream(container)
+        width, height = video.codec_context.width, video.codec_context.height
+        timestamps, keyframes = _packet_index(container, video)
+        count = video.frames or (len(timestamps) if timestamps is not None else 0)
+        if count and stop > count:
+            raise DecodeError(f"frames [{start}, {stop}) are outside the video's {count} frames")
+        _check_size(width, height, max(count, 1))
+        out = np.empty((3, stop - start, height, width), dtype=np.uint8)
+        if timestamps is not None and len(timestamps) == count:
+            keyframe = max((pts for pts in keyframes if pts <= timestamps[start]), default=timestamps[0])
+            container.seek(keyframe, stream=video, backward=True, any_frame=False)
+            position = {pts: index for index, pts in enumerate(timestamps)}
+            decoded, complete = _decode_into(out, container, video, start, lambda frame, _: position.get(frame.pts))
+            if complete:
+                return out, decoded
+    stream.seek(0)  # no usable index, or the seek did not land before frame `start`: decode from the first frame
+    with av.open(stream, mode="r") as container:
+        video = _video_stream(container)
+        decoded, complete = _decode_into(out, container, video, start, lambda _, decoded: decoded)
+    if not complete:
+        raise DecodeError(f"the video ended before frame {stop - 1} (it has {decoded} decodable frames)")
+    return out, decoded
+
+
+def _packet_index(container: Any, video: Any) -> tuple[list[int] | None, list[int]]:
+    """Sorted presentation timestamps of the stream's frames (``None`` when some packet has none, is discarded, or
+    shares one), and the keyframes' timestamps, from one pass of demuxing without decoding."""
+    timestamps: list[int] = []
+    keyframes: list[int] = []
+    for packet in container.demux(video):
+        if not packet.size:
+            continue  # the demuxer's final flush packet
+        if packet.pts is None or packet.is_discard:
+            return None, []
+        timestamps.append(packet.pts)
+        if packet.is_keyframe:
+            keyframes.append(packet.pts)
+    timestamps.sort()
+    return (timestamps if len(set(timestamps)) == len(timestamps) else None), keyframes
+
+
+def _decode_into(
+    out: np.ndarray[Any, Any], container: Any, video: Any, start: int, index_of: Callable[[Any, int], int | None]
+) -> tuple[int, bool]:
+    """Decode from the container's position, writing frames ``start + i`` (``index_of(frame, decoded so far)``) into
+    ``out[:, i]``; stop once all are written. Returns (frames decoded, whether all were written)."""
+    video.thread_type = "AUTO"
+    to_rgb = _RGBConverter(video.codec_context.width, video.codec_context.height)
+    written = np.zeros(out.shape[1], dtype=bool)
+    missing = out.shape[1]
+    decoded = 0
+    for frame in container.decode(video):
+        index = index_of(frame, decoded)
+        decoded += 1
+        if index is None or not 0 <= index - start < out.shape[1] or written[index - start]:
+            continue
+        to_rgb(frame, out[:, index - start])
+        written[index - start] = True
+        missing -= 1
+        if not missing:
+            break
+    return decoded, not missing
 
 
 def _video_stream(container: Any) -> Any:

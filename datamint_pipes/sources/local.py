@@ -16,6 +16,7 @@ copied are removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ from datamint_pipes.sources._files import FsspecFiles, LocalFiles, ProjectFiles
 __all__ = ["CATALOGUE", "LocalProject", "open_project", "store_root"]
 
 CATALOGUE = "project.sqlite"
+SOURCE_ROOT_KEY = "_source_root"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -399,7 +401,7 @@ class LocalProject:
         if not include_deleted:
             query += " WHERE deleted_at IS NULL"
         rows = self._connection().execute(query + " ORDER BY position").fetchall()
-        return [Resource.from_dict(json.loads(row[0])) for row in rows]
+        return [self._stamp(Resource.from_dict(json.loads(row[0]))) for row in rows]
 
     def resource(self, resource_id: str) -> Resource:
         return self._resource_row(self._connection(), resource_id)
@@ -408,7 +410,12 @@ class LocalProject:
         row = conn.execute("SELECT data FROM resources WHERE id=?", (resource_id,)).fetchone()
         if row is None:
             raise ProjectError(f"no resource {resource_id} in project {self.name}", resource_id=resource_id)
-        return Resource.from_dict(json.loads(row[0]))
+        return self._stamp(Resource.from_dict(json.loads(row[0])))
+
+    def _stamp(self, resource: Resource) -> Resource:
+        """Note (in ``extra['_source_root']``, never serialised) which project a resource was read from, so a
+        dataset built from ``resources=`` can find their files."""
+        return dataclasses.replace(resource, extra={**resource.extra, SOURCE_ROOT_KEY: self.root})
 
     # -- annotations -------------------------------------------------------------------------------------
 
@@ -713,35 +720,30 @@ def _probe_files(paths: list[Path], name: str, mimetype: str | None) -> dict[str
             decode.detect_format(head, name, None)
         except ValueError as error:
             raise ProjectError(f"{paths[0]}: unknown file type ({error})") from error
-    probes = []
-    for path in paths:
-        try:
-            probes.append(decode.probe(path, filename=path.name if len(paths) > 1 else name, mimetype=mimetype))
-        except ValueError as error:
-            raise ProjectError(f"{path}: cannot be read as a medical image: {error}") from error
-    first = probes[0]
-    if len(probes) > 1:
-        if any(p.format != "dicom" or p.frame_count != 1 for p in probes):
-            raise ProjectError(f"{name}: a series must be single-frame DICOM files")
-        sizes = {p.shape for p in probes}
-        if len(sizes) > 1:
-            raise ProjectError(f"{name}: the series mixes slice shapes {sorted(sizes)}")
-        channels, height, width = first.shape
-        shape: tuple[int, ...] = (channels, len(probes), height, width)
-        kind = "volume"
-    else:
-        shape = first.shape
-        kind = first.kind
-    return {
-        "format": first.format,
-        "kind": kind,
-        "shape": list(shape),
-        "dtype": first.dtype,
-        "frame_count": len(probes) if len(probes) > 1 else first.frame_count,
-        "height": shape[-2],
-        "width": shape[-1],
-        "stored_shape": list(first.stored_shape),
+    try:
+        if len(paths) > 1:
+            # An irregular series is stored, with a SeriesGeometryWarning; decoding it later raises unless asked to
+            # warn. Its measured gaps are kept in the metadata, and its spacing is None.
+            probed = decode.probe_series(paths, filenames=[p.name for p in paths], on_irregular="warn")
+        else:
+            probed = decode.probe(paths[0], filename=name, mimetype=mimetype)
+    except ValueError as error:
+        what = "one DICOM series" if len(paths) > 1 else "a medical image"
+        raise ProjectError(f"{name if len(paths) > 1 else paths[0]}: cannot be read as {what}: {error}") from error
+    header: dict[str, Any] = {
+        "format": probed.format,
+        "kind": probed.kind,
+        "shape": list(probed.shape),
+        "dtype": probed.dtype,
+        "frame_count": probed.frame_count,
+        "height": probed.shape[-2],
+        "width": probed.shape[-1],
+        "stored_shape": list(probed.stored_shape),
     }
+    if probed.geometry is not None:
+        header["spacing"] = None if probed.spacing is None else list(probed.spacing)
+        header["slice_spacings"] = list(probed.geometry.slice_spacings)
+    return header
 
 
 def _content_digest(paths: list[Path]) -> str:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import Any, overload
 
 from datamint_pipes import decode
+from datamint_pipes.decode.series import OnIrregular
 from datamint_pipes.errors import DecodeError
 from datamint_pipes.model import Annotation, Resource, Sample
 from datamint_pipes.sources.base import Source
@@ -31,43 +30,49 @@ def decode_file(source: Source, resource: Resource, relpath: str) -> decode.Deco
     return decode.decode(data, filename=name, mimetype=resource.mimetype, resource_id=resource.id)
 
 
-def decode_resource(source: Source, resource: Resource) -> decode.Decoded:
-    """Decode a resource: one file, or a DICOM series stacked into (C,N,H,W)."""
+def decode_resource(source: Source, resource: Resource, *, on_irregular: OnIrregular = "error") -> decode.Decoded:
+    """Decode a resource: one file, or a DICOM series stacked into (C,N,H,W) by :func:`decode.decode_series`.
+
+    ``on_irregular`` applies to a series only: ``"error"`` refuses slices that are not evenly spaced or not
+    parallel; ``"warn"`` decodes them with a :class:`decode.SeriesGeometryWarning` and ``spacing=None``.
+    """
     if not resource.files:
         raise DecodeError("the resource lists no files", resource_id=resource.id, filename=resource.filename)
     if len(resource.files) == 1:
         return decode_file(source, resource, resource.files[0])
-    return _decode_series(source, resource)
+    return decode.decode_series(
+        _SeriesFiles(source, resource.files),
+        resource_id=resource.id,
+        filenames=resource.files,
+        on_irregular=on_irregular,
+    )
 
 
-def _decode_series(source: Source, resource: Resource) -> decode.Decoded:
-    """Stack single-frame DICOM slices ordered along the slice normal (ImagePositionPatient projected on
-    the normal of ImageOrientationPatient); spacing is reported only when the slices are evenly spaced."""
-    slices = [decode_file(source, resource, relpath) for relpath in resource.files]
-    found = [_slice_position(s.metainfo) for s in slices]
-    positions = [p for p in found if p is not None]
-    located = len(positions) == len(slices)
-    order = sorted(range(len(slices)), key=lambda i: positions[i]) if located else list(range(len(slices)))
-    arrays = [slices[i].array for i in order]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise DecodeError(f"the series mixes slice shapes {sorted(shapes)}", resource_id=resource.id)
-    stacked = np.stack(arrays, axis=1)
-    spacing = None
-    if located and slices[0].spacing is not None:
-        gaps = np.diff([positions[i] for i in order])
-        if len(gaps) and np.allclose(gaps, gaps[0], rtol=0.01, atol=1e-3) and gaps[0] > 0:
-            spacing = (float(gaps[0]), *slices[0].spacing[-2:])
-    return decode.Decoded(array=stacked, metainfo=slices[order[0]].metainfo, spacing=spacing, affine=None)
+class _SeriesFiles(Sequence[str | bytes]):
+    """The files of a series: local paths, or bytes read only when the decoder gets to that file."""
 
+    def __init__(self, source: Source, relpaths: Sequence[str]) -> None:
+        self._source = source
+        self._relpaths = relpaths
 
-def _slice_position(metainfo: Any) -> float | None:
-    position = getattr(metainfo, "ImagePositionPatient", None)
-    orientation = getattr(metainfo, "ImageOrientationPatient", None)
-    if position is None or orientation is None or len(orientation) != 6:
-        return None
-    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-    return float(np.dot(np.cross(row, col), np.asarray(position, float)))
+    def __len__(self) -> int:
+        return len(self._relpaths)
+
+    @overload
+    def __getitem__(self, index: int) -> str | bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str | bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> str | bytes | list[str | bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        relpath = self._relpaths[index]
+        path = self._source.local_path(relpath)
+        if path is not None:
+            return path
+        with self._source.open_file(relpath) as handle:
+            return handle.read()
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,8 @@ class ReadResource:
     def __call__(self, index: int) -> Sample:
         resource = self.resources[index]
         return {
-            "index": index,
+            "index": int(index),
+            "epoch": getattr(index, "epoch", 0),
             "resource_id": resource.id,
             "resource": resource,
             "annotations": list(self.annotations.get(resource.id, ())),
@@ -92,13 +98,14 @@ class DecodeImage:
     """Decode the sample's resource: adds ``image``, ``metainfo``, ``spacing`` and ``affine``.
 
     ``image`` is (C,H,W) for 2D images and (C,N,H,W) for volumes, videos and multi-frame DICOM, in the
-    dtypes of :mod:`datamint_pipes.decode`.
+    dtypes of :mod:`datamint_pipes.decode`. ``on_irregular`` as :func:`decode_resource`.
     """
 
     source: Source
+    on_irregular: OnIrregular = "error"
 
     def __call__(self, sample: Sample) -> Sample:
-        decoded = decode_resource(self.source, sample["resource"])
+        decoded = decode_resource(self.source, sample["resource"], on_irregular=self.on_irregular)
         out: dict[str, Any] = dict(sample)
         out.update(image=decoded.array, metainfo=decoded.metainfo, spacing=decoded.spacing, affine=decoded.affine)
         return out  # type: ignore[return-value]
