@@ -126,6 +126,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_demo(out_dir=args.out, num_workers=args.workers, epochs=args.epochs, samples_dir=args.samples)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
+    try:
+        from datamint_pipes import serve
+        from datamint_pipes.sources.faults import FaultInjector, FaultRates
+    except ImportError as error:
+        raise DatamintPipesError(
+            f"serve needs the 'serve' extra: pip install 'datamint-pipes[serve]' ({error})"
+        ) from error
+    api_key = args.api_key or os.environ.get("DATAMINT_API_KEY")
+    if not api_key:
+        raise DatamintPipesError("serve needs an API key: set DATAMINT_API_KEY (or pass --api-key)")
+    wrap = None
+    if args.faults or args.latency:
+        try:
+            injector_args = {"rates": FaultRates.uniform(args.faults or 0.0), "latency_seconds": args.latency}
+        except ValueError as error:
+            raise DatamintPipesError(f"--faults: {error}") from error
+
+        def wrap(app: Any) -> Any:
+            return FaultInjector(app, seed=args.faults_seed, **injector_args)
+
+    def ready(url: str) -> None:
+        print(f"serving {args.project} at {url} (Ctrl-C stops)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        serve.serve(
+            args.project,
+            api_key=api_key,
+            host=args.host,
+            port=args.port,
+            read_only=True if args.read_only else None,
+            wrap=wrap,
+            on_ready=ready,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datamint-pipes", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -203,6 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("serve", help="serve a project over the Datamint REST API (needs the 'serve' extra)")
+    p.add_argument("project")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free port; default 8765)")
+    p.add_argument("--api-key", help="the key clients must send (default: $DATAMINT_API_KEY, which keeps it out of ps)")
+    p.add_argument("--read-only", action="store_true", help="refuse split assignments even if the folder is writable")
+    p.add_argument("--faults", type=float, metavar="RATE", help="testing: inject failures into this share of requests")
+    p.add_argument("--faults-seed", type=int, default=0)
+    p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="testing: delay every request")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
