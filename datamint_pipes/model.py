@@ -206,12 +206,13 @@ class Resource:
         kwargs["deleted"] = bool(data.get("deleted", False))
         if "id" not in kwargs or "filename" not in kwargs:
             raise ValueError(f"a resource needs 'id' and 'filename', got keys {sorted(data)}")
-        kwargs["extra"] = {k: v for k, v in data.items() if k not in known and k != "extra"}
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in known and k != "extra" and not k.startswith("_")}
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The resource as JSON-ready data (the server's field names, plus ``files``)."""
-        data: dict[str, Any] = dict(self.extra)
+        """The resource as JSON-ready data (the server's field names, plus ``files``). ``extra`` keys starting
+        with ``_`` are process-local notes (such as the folder a local project was read from) and are left out."""
+        data: dict[str, Any] = {k: v for k, v in self.extra.items() if not k.startswith("_")}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
