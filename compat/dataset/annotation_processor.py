@@ -138,7 +138,7 @@ class AnnotationProcessor:
 
     def load_image_segmentations(
         self, annotations: Iterable[Annotation]
-    ) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:  # type: ignore[type-arg]
+    ) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
         image_scoped = [a for a in annotations if a.is_segmentation() and a.is_image_scoped()]
         masks, codes, anns = self.load_segmentations(image_scoped)
         return (
@@ -149,7 +149,7 @@ class AnnotationProcessor:
 
     def load_frame_segmentations(
         self, annotations: Iterable[Annotation]
-    ) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:  # type: ignore[type-arg]
+    ) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
         frame_scoped = [a for a in annotations if a.is_segmentation() and a.is_frame_scoped()]
         masks, codes, _ = self.load_segmentations(frame_scoped)
         groups = self.group_annotations(frame_scoped, by_author=True, by_identifier=True)

@@ -217,7 +217,7 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
     # -- documented attributes ------------------------------------------------------------------------------
 
     @property
-    def resources(self) -> Sequence[Resource]:  # type: ignore[override]
+    def resources(self) -> Sequence[Resource]:
         self._prepare()
         return self._resources
 
@@ -291,7 +291,7 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
         for index in range(len(self)):
             yield self[index]
 
-    def __add__(self, other: Dataset[dict[str, Any]]) -> ConcatDataset[dict[str, Any]]:  # type: ignore[override]
+    def __add__(self, other: Dataset[dict[str, Any]]) -> ConcatDataset[dict[str, Any]]:
         return _Concat([self, other])
 
     def __repr__(self) -> str:
@@ -337,7 +337,7 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
 
         if self.alb_transform is None:
             return {"image": img, "segmentations": segmentations}
-        out = Augment(self.alb_transform, seed=self.seed)({"image": img, "segmentations": segmentations})  # type: ignore[typeddict-item]
+        out = Augment(self.alb_transform, seed=self.seed)({"image": img, "segmentations": segmentations})
         return {"image": out["image"], "segmentations": out.get("segmentations", {})}
 
     # -- subsets ------------------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
     def subset(self, indices: list[int]) -> DatamintBaseDataset:
         resources = self.resources
         picked = [resources[i] for i in indices]
-        return self._adopt(picked, self._annotations)  # type: ignore[no-any-return]
+        return self._adopt(picked, self._annotations)
 
     def filter(
         self,
@@ -373,7 +373,7 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
             if custom_fn is not None and not custom_fn(resource, resource_annotations):
                 continue
             kept.append(resource)
-        return self._adopt(kept, self._annotations)  # type: ignore[no-any-return]
+        return self._adopt(kept, self._annotations)
 
     def split(
         self,
@@ -464,5 +464,5 @@ class _Concat(ConcatDataset[dict[str, Any]]):
         kwargs.setdefault("collate_fn", self.get_collate_fn())
         return DataLoader(self, *args, **kwargs)
 
-    def __add__(self, other: Dataset[dict[str, Any]]) -> _Concat:  # type: ignore[override]
+    def __add__(self, other: Dataset[dict[str, Any]]) -> _Concat:
         return _Concat([*self.datasets, other])

@@ -68,7 +68,7 @@ class DatamintDataset(DatamintBaseDataset):
             exclude_frame_label_names=exclude_frame_label_names,
             return_segmentations=return_segmentations,
             return_as_semantic_segmentation=return_as_semantic_segmentation,
-            semantic_seg_merge_strategy=semantic_seg_merge_strategy,  # type: ignore[arg-type]
+            semantic_seg_merge_strategy=semantic_seg_merge_strategy,
             alb_transform=alb_transform,
         )
         self.image_transform = image_transform
@@ -89,4 +89,4 @@ class DatamintDataset(DatamintBaseDataset):
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         if self.semantic_seg_merge_strategy is None:
             return segmentations
-        return merge_semantic(segmentations, self.semantic_seg_merge_strategy)  # type: ignore[arg-type]
+        return merge_semantic(segmentations, self.semantic_seg_merge_strategy)

@@ -23,7 +23,7 @@ class SlicedVideoDataset(SlicedVolumeDataset):
         super().__init__(slice_axis="axial", parent_dataset=parent, **kwargs)
 
     @classmethod
-    def from_dataset(cls, parent_dataset: DatamintBaseDataset, slice_axis: Any = "axial") -> SlicedVideoDataset:  # type: ignore[override]
+    def from_dataset(cls, parent_dataset: DatamintBaseDataset, slice_axis: Any = "axial") -> SlicedVideoDataset:
         """Frames of an already prepared dataset, without fetching anything again."""
         parent_dataset._prepare()
         return cls(parent_dataset=parent_dataset)
