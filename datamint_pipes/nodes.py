@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import math
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -39,6 +42,7 @@ __all__ = [
     "Filter",
     "Header",
     "WorkerWatchdog",
+    "die_with_parent",
     "shutdown_workers",
 ]
 
@@ -334,6 +338,40 @@ def shutdown_workers(node: BaseNode[Any], timeout: float = 5.0) -> None:
             _drain(q)
             q.close()
             q.join_thread()
+
+
+_DEATH_SIGNAL_SET: set[int] = set()
+
+
+def die_with_parent(owner_pid: int) -> None:
+    """In a worker process: exit when the process that owns the loader (``owner_pid``) dies, once armed per
+    process. When the owner is our parent (fork, spawn) on Linux the kernel sends SIGKILL
+    (``prctl(PR_SET_PDEATHSIG)``); otherwise (forkserver, other systems) a daemon thread polls the owner."""
+    pid = os.getpid()
+    if pid in _DEATH_SIGNAL_SET:
+        return
+    _DEATH_SIGNAL_SET.add(pid)
+    if os.getppid() == owner_pid and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+            pass
+        else:
+            if os.getppid() != owner_pid:  # the owner died before the signal was armed
+                os._exit(1)
+            return
+    threading.Thread(target=_exit_when_gone, args=(owner_pid,), name="datamint-owner-watch", daemon=True).start()
+
+
+def _exit_when_gone(owner_pid: int, interval: float = 0.5) -> None:
+    while True:
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # alive, owned by someone else: cannot happen for our own owner
+            pass
+        time.sleep(interval)
 
 
 def _describe_exit(exitcode: int) -> str:

@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import math
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -42,7 +43,14 @@ from torchdata.nodes import (
 )
 from torchdata.nodes.exception_wrapper import ExceptionWrapper
 
-from datamint_pipes.nodes import BlockShuffle, EpochSampler, EpochSamplerWrapper, WorkerWatchdog, shutdown_workers
+from datamint_pipes.nodes import (
+    BlockShuffle,
+    EpochSampler,
+    EpochSamplerWrapper,
+    WorkerWatchdog,
+    die_with_parent,
+    shutdown_workers,
+)
 
 __all__ = ["Loader", "Pipeline", "WorkerType"]
 
@@ -88,11 +96,19 @@ class _Stage:
 
 @dataclass(frozen=True)
 class _FusedStages:
-    """Consecutive per-item stages as one picklable ``index -> list[sample]`` callable."""
+    """Consecutive per-item stages as one picklable ``index -> list[sample]`` callable.
+
+    ``owner_pid`` is the process that built the loader: in any other process (a process worker) the first
+    call asks the kernel to kill the worker when its parent dies, so a parent killed by SIGTERM or SIGKILL
+    leaves no orphaned worker behind (Linux; elsewhere a no-op).
+    """
 
     stages: tuple[_Stage, ...]
+    owner_pid: int = dataclasses.field(default_factory=os.getpid)
 
     def __call__(self, index: int) -> list[Any]:
+        if os.getpid() != self.owner_pid:
+            die_with_parent(self.owner_pid)
         items: list[Any] = [index]
         for stage in self.stages:
             items = [output for item in items for output in stage.apply(item, index)]

@@ -169,3 +169,20 @@ def check_loader_save_load_state(make_loader: Callable[[], Loader[Any]], midpoin
             assert fresh.num_yielded == already + len(expected)
             if following is not None:
                 assert list(fresh) == following
+
+
+@dataclass(frozen=True)
+class RecordPid:
+    """Stage: note the worker's pid in ``folder``, then sleep (so workers are busy when the parent dies)."""
+
+    folder: str
+    seconds: float = 0.5
+
+    def __call__(self, sample: Any) -> Any:
+        import os
+        import time
+        from pathlib import Path
+
+        Path(self.folder, str(os.getpid())).touch()
+        time.sleep(self.seconds)
+        return sample
