@@ -39,7 +39,9 @@ def read_metainfo(source: Source, resource: Resource, meta: Mapping[str, Any]) -
     """``metainfo`` from headers alone (no pixels): the pydicom dataset of the first slice, or NIfTI's
     ``{'affine', 'header', 'shape'}``; ``None`` for other formats."""
     file_format = meta.get("format")
-    relpath = meta.get("metainfo_file") or resource.files[0]
+    # The cache key is the content, shared by every source of the same files: keep the file's position in
+    # Resource.files (the same in every source), never a source-specific path.
+    relpath = resource.files[int(meta.get("metainfo_file_index") or 0)]
     if file_format not in ("dicom", "nifti"):
         return None
     path = source.local_path(relpath)
@@ -50,13 +52,34 @@ def read_metainfo(source: Source, resource: Resource, meta: Mapping[str, Any]) -
             return pydicom.dcmread(path, stop_before_pixels=True, force=True)
         with source.open_file(relpath) as handle:
             return pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+    if path is not None:
+        with open(path, "rb") as handle:
+            return _nifti_metainfo(handle)
+    with source.open_file(relpath) as handle:
+        return _nifti_metainfo(handle)
+
+
+def _nifti_metainfo(handle: Any) -> dict[str, Any]:
+    """``{'affine', 'header', 'shape'}`` of a NIfTI-1/2 file, gzipped or not, from its header bytes only
+    (whatever the file is named: cached downloads have no ``.nii`` suffix)."""
+    import gzip
+    import io
+
     import nibabel as nib
 
-    if path is None:  # nibabel needs a file: decode the header from the bytes
-        from datamint_pipes.stages.load import decode_file
-
-        return decode_file(source, resource, relpath).metainfo
-    image: Any = nib.load(path)
+    head = handle.read(2)
+    handle.seek(0)
+    reader: Any = gzip.GzipFile(fileobj=handle, mode="rb") if head == b"\x1f\x8b" else handle
+    raw = reader.read(544)
+    image_class: Any = (
+        nib.Nifti2Image
+        if int.from_bytes(raw[:4], "little") == 540 or raw[:4] == b"\x00\x00\x02\x1c"
+        else nib.Nifti1Image
+    )
+    header = image_class.header_class.from_fileobj(io.BytesIO(raw))
+    offset = min(int(header.get_data_offset()), 1 << 20)
+    raw += reader.read(max(0, offset - len(raw)))
+    image = image_class.from_file_map(image_class.make_file_map({"image": io.BytesIO(raw[:offset])}))
     return {"affine": image.affine, "header": image.header, "shape": image.shape}
 
 
@@ -72,21 +95,21 @@ def _decode_for_cache(source: Source, resource: Resource, axis: int) -> tuple[np
         "affine": decoded.affine.tolist() if decoded.affine is not None else None,
     }
     if len(resource.files) > 1:
-        meta["metainfo_file"] = _file_of_dataset(source, resource, decoded.metainfo)
+        meta["metainfo_file_index"] = _file_of_dataset(source, resource, decoded.metainfo)
     return np.ascontiguousarray(stored), meta
 
 
-def _file_of_dataset(source: Source, resource: Resource, dataset: Any) -> str | None:
-    """Which file of a series the decoded metainfo came from (matched by SOPInstanceUID)."""
+def _file_of_dataset(source: Source, resource: Resource, dataset: Any) -> int:
+    """Position in ``resource.files`` of the series file the decoded metainfo came from (by SOPInstanceUID)."""
     import pydicom
 
     wanted = getattr(dataset, "SOPInstanceUID", None)
-    for relpath in resource.files:
+    for position, relpath in enumerate(resource.files):
         with source.open_file(relpath) as handle:
             header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True)
         if wanted is not None and getattr(header, "SOPInstanceUID", None) == wanted:
-            return relpath
-    return None
+            return position
+    return 0
 
 
 def _entry(source: Source, cache: ArrayCache, resource: Resource, axis: int) -> CachedArray:
