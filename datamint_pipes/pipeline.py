@@ -2,7 +2,7 @@
 
 The graph a :class:`Pipeline` builds::
 
-    EpochSamplerWrapper(EpochSampler)     indices, a pure function of (seed, epoch)
+    EpochSamplerWrapper(EpochSampler)     this rank's indices, a pure function of (seed, epoch, rank, world size)
       -> ParallelMapper(fused stages)     map / filter / expand fused into one ``index -> list[sample]``
       -> Unbatcher                        flattens (a filtered-out item yields nothing)
       -> BlockShuffle                     if ``shuffle_buffer()``: mixes items across resources
@@ -43,6 +43,7 @@ from torchdata.nodes import (
 )
 from torchdata.nodes.exception_wrapper import ExceptionWrapper
 
+from datamint_pipes.distributed import SHARD_PADDINGS, ShardInfo, ShardPadding, resolve_rank_and_world_size
 from datamint_pipes.nodes import (
     BlockShuffle,
     EpochSampler,
@@ -159,15 +160,23 @@ class Pipeline:
     """An immutable description of a pipeline; each builder method returns a new ``Pipeline``.
 
     ``num_items`` indices (0..num_items-1, resource positions) are drawn per epoch by
-    :class:`~datamint_pipes.nodes.EpochSampler` (``seed``, ``shuffle``, ``rank``/``world_size`` sharding,
-    padded to equal length per rank). The first stage receives the index.
+    :class:`~datamint_pipes.nodes.EpochSampler` (``seed``, ``shuffle``). The first stage receives the index.
+
+    Data-parallel sharding (see :mod:`datamint_pipes.distributed`): rank ``rank`` of ``world_size`` reads a
+    strided shard of the epoch's global order, every rank the same number of indices -- the order padded by
+    wrapping around (``shard_padding="pad"``) or its tail dropped (``"drop"``). ``rank`` / ``world_size``
+    left ``None`` are resolved by :func:`~datamint_pipes.distributed.current_rank_and_world_size`
+    (``torch.distributed``, else ``RANK`` / ``WORLD_SIZE``, else a single process) each time a loader or
+    sampler is built -- not when the pipeline is described -- so one description serves every rank. Equal
+    batch counts per rank need one item per index: ``filter`` and ``expand`` run after sharding.
     """
 
     num_items: int
     seed: int = 0
     shuffle: bool = True
-    rank: int = 0
-    world_size: int = 1
+    rank: int | None = None
+    world_size: int | None = None
+    shard_padding: ShardPadding = "pad"
     stages: tuple[_Stage, ...] = ()
     shuffle_block: int | None = None
     batch_size: int | None = None
@@ -175,13 +184,36 @@ class Pipeline:
     collate_fn: _Collate | None = None
 
     def __post_init__(self) -> None:
-        self.sampler()  # validates num_items, seed, rank, world_size
+        if self.shard_padding not in SHARD_PADDINGS:
+            raise ValueError(f"shard_padding={self.shard_padding!r} must be one of {SHARD_PADDINGS}")
+        EpochSampler(self.num_items, seed=self.seed)  # validates num_items and seed
+        # rank / world_size as far as given; None ones are checked when resolved.
+        rank, world_size = self.rank, self.world_size
+        if world_size is not None and (
+            not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1
+        ):
+            raise ValueError(f"{world_size=} must be None or a positive integer")
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+            raise ValueError(f"{rank=} must be None or a non-negative integer")
+        if rank is not None and world_size is not None and rank >= world_size:
+            raise ValueError(f"{rank=} must be an integer in [0, {world_size=})")
 
     def sampler(self) -> EpochSampler:
-        """A fresh sampler giving this pipeline's index order (``set_epoch`` it to see an epoch's order)."""
+        """A fresh sampler giving this rank's index order (``set_epoch`` it to see an epoch's order)."""
+        rank, world_size = resolve_rank_and_world_size(self.rank, self.world_size)
         return EpochSampler(
-            self.num_items, seed=self.seed, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size
+            self.num_items,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            rank=rank,
+            world_size=world_size,
+            drop_last=self.shard_padding == "drop",
         )
+
+    def shard_info(self) -> ShardInfo:
+        """Which positions of each epoch's global order this rank reads (``rank`` / ``world_size`` resolved now)."""
+        rank, world_size = resolve_rank_and_world_size(self.rank, self.world_size)
+        return ShardInfo(self.num_items, rank, world_size, self.shard_padding)
 
     def _add_stage(self, kind: StageKind, fn: Callable[[Any], Any], name: str | None) -> Pipeline:
         if not callable(fn):
@@ -230,10 +262,12 @@ class Pipeline:
         return dataclasses.replace(self, collate_fn=_Collate(fn, _stage_name(fn, name)))
 
     def length(self) -> int | None:
-        """Items (or batches) per epoch, or ``None`` when a filter or expand stage makes it unknown."""
+        """Items (or batches) per epoch on this rank, or ``None`` when a filter or expand stage makes it unknown."""
+        return self._length(len(self.sampler()))
+
+    def _length(self, num_items: int) -> int | None:
         if any(stage.kind != "map" for stage in self.stages):
             return None
-        num_items = len(self.sampler())
         if self.batch_size is None:
             return num_items
         return num_items // self.batch_size if self.drop_last else math.ceil(num_items / self.batch_size)
@@ -273,7 +307,8 @@ class Pipeline:
         ):
             raise ValueError(f"{max_concurrent=} must be None or a positive integer <= {num_workers=}")
 
-        node: BaseNode[Any] = EpochSamplerWrapper(self.sampler())
+        sampler = self.sampler()  # rank and world size resolved once, for this loader's lifetime
+        node: BaseNode[Any] = EpochSamplerWrapper(sampler)
         if self.stages:
             fused = _FusedStages(self.stages)
             if num_workers == 0:
@@ -297,7 +332,7 @@ class Pipeline:
             node = Mapper(node, _InMainThread(self.collate_fn))
         if prefetch is not None:
             node = Prefetcher(node, prefetch_factor=prefetch)
-        return Loader(node, length=self.length())
+        return Loader(node, length=self._length(len(sampler)))
 
 
 class Loader(Generic[T]):
@@ -318,6 +353,7 @@ class Loader(Generic[T]):
 
     ROOT_KEY = "root"
     NUM_YIELDED_KEY = "num_yielded"
+    GRAPH_KEY = "graph"
 
     def __init__(self, root: BaseNode[T], *, length: int | None = None) -> None:
         self.root = root
@@ -328,8 +364,12 @@ class Loader(Generic[T]):
         self._generation = 0
         self._closed = False
         self._worker_nodes: list[BaseNode[Any]] = []  # upstream first
+        self._graph: list[str] = []  # node classes, root first: a state only fits the same graph
         node: Any = root
         while isinstance(node, BaseNode):
+            workers = getattr(node, "num_workers", None)
+            # In-thread mapping (0 workers) and worker mapping keep differently shaped states.
+            self._graph.append(type(node).__name__ + ("" if workers is None else "[inline]" if workers == 0 else ""))
             if isinstance(node, (ParallelMapper, Prefetcher)):
                 self._worker_nodes.insert(0, node)
             node = getattr(node, "source", None)
@@ -391,13 +431,24 @@ class Loader(Generic[T]):
         if self._generation == 0 and not self._root_primed:
             self.root.reset(None)
             self._root_primed = True
-        return {self.ROOT_KEY: copy.deepcopy(self.root.state_dict()), self.NUM_YIELDED_KEY: self._num_yielded}
+        return {
+            self.ROOT_KEY: copy.deepcopy(self.root.state_dict()),
+            self.NUM_YIELDED_KEY: self._num_yielded,
+            self.GRAPH_KEY: list(self._graph),
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Resume from ``state_dict`` at the next ``iter()``."""
         missing = {self.ROOT_KEY, self.NUM_YIELDED_KEY} - set(state_dict)
         if missing:
             raise ValueError(f"not a Loader state_dict: missing keys {sorted(missing)}")
+        graph = state_dict.get(self.GRAPH_KEY)
+        if graph is not None and list(graph) != self._graph:
+            raise ValueError(
+                f"this state_dict was saved by a loader built differently ({' <- '.join(graph)}), not this one "
+                f"({' <- '.join(self._graph)}): resume with the same stages and batching, and with workers "
+                "if it had workers"
+            )
         self._pending_state = copy.deepcopy(dict(state_dict))
         self._root_primed = False
 

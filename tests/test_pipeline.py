@@ -418,3 +418,26 @@ def test_builder_is_immutable_and_picklable() -> None:
 def test_bad_arguments_are_rejected(build: Callable[[], Any], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         build()
+
+
+def test_a_state_from_a_differently_built_loader_is_refused_clearly() -> None:
+    pipeline = Pipeline(num_items=10).map(load_sample).batch(2)
+    with pipeline.loader(num_workers=2) as loader:
+        iterator = iter(loader)
+        next(iterator)
+        state = loader.state_dict()
+    with pipeline.loader(num_workers=0) as other, pytest.raises(ValueError, match="built differently"):
+        other.load_state_dict(state)
+
+
+def test_a_state_resumes_with_another_number_of_workers() -> None:
+    pipeline = Pipeline(num_items=12, seed=3).map(load_sample).batch(2).collate(collate_keys)
+    with pipeline.loader(num_workers=2) as loader:
+        everything = list(loader)
+    with pipeline.loader(num_workers=2) as loader:
+        iterator = iter(loader)
+        head = [next(iterator), next(iterator)]
+        state = loader.state_dict()
+    with pipeline.loader(num_workers=1) as other:
+        other.load_state_dict(state)
+        assert head + list(other) == everything
