@@ -232,9 +232,7 @@ class ArrayCache:
             raise CacheError(f"cache entry {array_path} vanished right after writing (max_bytes too small?)")
         return entry
 
-    def get_or_create(
-        self, key: str, create: Callable[[], tuple[np.ndarray[Any, Any], dict[str, Any]]]
-    ) -> CachedArray:
+    def get_or_create(self, key: str, create: Callable[[], tuple[np.ndarray[Any, Any], dict[str, Any]]]) -> CachedArray:
         """The entry for ``key``; on a miss ``create()`` runs once across all processes of the machine."""
         hit = self.get(key)
         if hit is not None:
@@ -280,9 +278,7 @@ class ByteCache:
         self._store.evict(keep=(path,))
         return path
 
-    def get_or_fetch(
-        self, key: str, fetch: Callable[[], Iterable[bytes]], *, expected_size: int | None = None
-    ) -> Path:
+    def get_or_fetch(self, key: str, fetch: Callable[[], Iterable[bytes]], *, expected_size: int | None = None) -> Path:
         """The cached file for ``key``; on a miss ``fetch()`` runs once across the machine's processes."""
         hit = self.get(key)
         if hit is not None:

@@ -241,6 +241,17 @@ class EpochSampler(Sampler[int]):
             raise ValueError(f"{epoch=} must be a non-negative integer")
         self.epoch = epoch
 
+    def config(self) -> dict[str, Any]:
+        """What fixes this sampler's indices for every epoch (recorded in states, checked on restore)."""
+        return {
+            "num_items": self.num_items,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "drop_last": self.drop_last,
+        }
+
     def __len__(self) -> int:
         if self.drop_last:
             return self.num_items // self.world_size
@@ -268,12 +279,35 @@ class EpochSamplerWrapper(SamplerWrapper[int]):
     0.11's wrapper advances the epoch only if ``next()`` ran since the last ``reset``; a downstream node that
     is restored already finished (a :class:`Header` at its limit) never calls it, so the following epoch
     would silently repeat the restored one.
+
+    Around an :class:`EpochSampler` the state also holds the sampler's :meth:`~EpochSampler.config`;
+    restoring it into a sampler configured differently -- another rank's or world size's checkpoint, another
+    seed or dataset size -- raises ``ValueError`` instead of silently resuming someone else's shard. (A state
+    without it is trusted.)
     """
 
+    SAMPLER_CONFIG_KEY = "sampler_config"
+
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        if initial_state is not None and isinstance(self.sampler, EpochSampler):
+            saved = initial_state.get(self.SAMPLER_CONFIG_KEY)
+            current = self.sampler.config()
+            if saved is not None and saved != current:
+                differences = ", ".join(
+                    f"{key}={saved.get(key)!r} (now {value!r})"
+                    for key, value in current.items()
+                    if saved.get(key) != value
+                )
+                raise ValueError(f"this state was saved by a differently configured sampler: {differences}")
         super().reset(initial_state)
         if initial_state is not None and self._num_yielded > 0:
             self._started = True
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if isinstance(self.sampler, EpochSampler):
+            state[self.SAMPLER_CONFIG_KEY] = self.sampler.config()
+        return state
 
 
 def _parallel_iter(node: BaseNode[Any]) -> Any:
