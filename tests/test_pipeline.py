@@ -441,3 +441,21 @@ def test_a_state_resumes_with_another_number_of_workers() -> None:
     with pipeline.loader(num_workers=1) as other:
         other.load_state_dict(state)
         assert head + list(other) == everything
+
+
+@pytest.mark.parametrize(("worker_type", "context"), [("thread", None), ("process", "fork")])
+def test_deleting_a_loader_mid_epoch_leaves_no_worker(worker_type: Any, context: str | None) -> None:
+    threads_before = set(threading.enumerate())
+    children_before = _child_pids()
+    loader = (
+        Pipeline(40)
+        .map(load_sample)
+        .map(Sleep(0.01))
+        .batch(2)
+        .loader(num_workers=2, worker_type=worker_type, multiprocessing_context=context)
+    )
+    iterator = iter(loader)
+    next(iterator)
+    del iterator, loader  # no close(), no gc.collect(): reference counting alone must stop the workers
+    assert _wait_until(lambda: not set(threading.enumerate()) - threads_before)
+    assert _wait_until(lambda: not _child_pids() - children_before)
