@@ -64,9 +64,11 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
 
 
 def rescale(ds: Dataset, frames: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
-    """Per-frame (slopes, intercepts), float64 arrays of shape (frames,); None when absent or the identity.
+    """(slopes, intercepts), float64 arrays of shape (frames,) when the per-frame functional groups give each frame
+    its own pair, else of shape (1,) (one pair for every frame: broadcast it); None when absent or the identity.
 
     Only a complete pair (RescaleSlope and RescaleIntercept) counts, as in ``pydicom.pixels.apply_modality_lut``.
+    Nothing is allocated per frame the header declares: a damaged NumberOfFrames may declare billions.
     """
     items: list[Dataset]
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
@@ -89,7 +91,7 @@ def rescale(ds: Dataset, frames: int) -> tuple[np.ndarray[Any, Any], np.ndarray[
     intercepts = np.array([intercept[0] for _, intercept in pairs if intercept is not None], dtype=np.float64)
     if np.all(slopes == 1) and np.all(intercepts == 0):
         return None
-    return np.broadcast_to(slopes, (frames,)).copy(), np.broadcast_to(intercepts, (frames,)).copy()
+    return slopes, intercepts
 
 
 def _shared_item(ds: Dataset, sequence: str) -> Dataset | None:

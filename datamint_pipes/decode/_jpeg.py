@@ -37,11 +37,12 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
-__all__ = ["decode_jpeg_frames", "split_channels"]
+__all__ = ["decode_jpeg_frames", "frame_size", "split_channels"]
 
 _MAX_THREADS = 4
 _MIN_FRAMES_FOR_THREADS = 8
 _SOF_MARKERS = frozenset({0xC0, 0xC1})  # baseline, extended sequential Huffman: the two libjpeg decodes alike
+_JPEG_LS_SOF = 0xF7  # SOF55: read for its size only (the fast path takes _SOF_MARKERS)
 _RGB_COMPONENT_IDS = ((82, 71, 66), (114, 103, 98))  # "RGB" / "rgb": libjpeg and pydicom disagree on these
 
 
@@ -117,6 +118,15 @@ def decode_jpeg_frames(ds: Dataset, frames: int, rows: int, columns: int) -> np.
     return stored[0] if frames == 1 else stored
 
 
+def frame_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from the frame header (SOFn, or JPEG-LS SOF55) of the JPEG codestream ``data``; ``None``
+    when it is not a plain JPEG up to its first scan, or its height is 0 (given later, in a DNL marker)."""
+    header = _read_codestream(data)
+    if header is None or header.rows == 0:
+        return None
+    return header.rows, header.columns
+
+
 def split_channels(image: np.ndarray[Any, Any], planes: Sequence[np.ndarray[Any, Any]]) -> None:
     """Copy an (H,W) or (H,W,C) image into C contiguous (H,W) ``planes`` of the same dtype (channels first)."""
     if image.ndim == 2:
@@ -179,7 +189,7 @@ def _read_codestream(data: bytes) -> _Codestream | None:
             app14 = True
             if len(segment) >= 12 and segment[:5] == b"Adobe":
                 transform = segment[11]
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        elif (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == _JPEG_LS_SOF:
             sof = (marker, segment)
         position += 2 + length
     else:  # the data ended before the first scan (SOS)

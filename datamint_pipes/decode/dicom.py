@@ -23,27 +23,38 @@ Values, in this order:
 Otherwise the dtype is the stored one (BitsAllocated 1 -> uint8 0/1). ``metainfo`` is the dataset without its
 pixel data. Files without the 128-byte preamble and ``DICM`` (detected by suffix or mimetype) are read with
 ``force=True`` and their transfer syntax inferred from the encoding. Float Pixel Data is not supported.
+
+Errors (:class:`~datamint_pipes.errors.DecodeError`) before any pixel is decoded: encapsulated Pixel Data that
+cannot hold the frames the header declares (:mod:`._encapsulated`), and a file that ends inside an element. A
+failed decode says "no installed codec" when pydicom has no decoder for the transfer syntax (or none for this
+variant of it), "corrupt pixel data" when an installed one failed on the data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from datamint_pipes.decode import _dicom_geometry as geometry
 from datamint_pipes.decode._base import Decoded, ProbeResult, native_contiguous
+from datamint_pipes.decode._encapsulated import check_encapsulated
 from datamint_pipes.decode._jpeg import decode_jpeg_frames
 from datamint_pipes.errors import DecodeError
 
 __all__ = ["DicomDecoder"]
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# How pydicom's decoding plugins refuse a variant they do not implement (e.g. Pillow and GDCM: "... does not support
+# 'JPEG Extended' for samples with 12-bit precision"), as opposed to failing on the data.
+_UNSUPPORTED_VARIANT = re.compile(r"does not support|not supported|are supported")
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,8 @@ class DicomDecoder:
     def decode(self, stream: BinaryIO) -> Decoded:
         """Decode to (C,H,W) or (C,N,H,W) with the value rules of the module docstring."""
         ds = _read(stream, stop_before_pixels=False)
+        if "Rows" not in ds or "PixelData" not in ds:
+            _raise_if_truncated(stream, ds)
         image = _describe(ds)
         if "PixelData" not in ds:
             present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
@@ -123,6 +136,21 @@ def _read(stream: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
         _infer_transfer_syntax(ds)
     ds.filename = None  # the stream may be an open file; the metainfo must pickle
     return ds
+
+
+def _raise_if_truncated(stream: BinaryIO, full: Dataset) -> None:
+    """Raise when the file ends inside an element, e.g. inside encapsulated Pixel Data before its delimiter.
+
+    pydicom then only warns and returns the elements read so far -- none at all when the end of file is met in a
+    top-level element -- so the full read holds fewer elements than a read that stops before the pixels. (Reading
+    the warning instead would need ``warnings.catch_warnings``, which is process-wide and not thread-safe.)
+    """
+    header = _read(stream, stop_before_pixels=True)
+    if len(full) < len(header):
+        raise DecodeError(
+            f"the DICOM file is truncated: it ends inside an element (Pixel Data cut before its delimiter?); a full "
+            f"read kept {len(full)} of the {len(header)} elements before the Pixel Data"
+        )
 
 
 def _infer_transfer_syntax(ds: Dataset) -> None:
@@ -197,13 +225,22 @@ def _int_attribute(ds: Dataset, keyword: str, default: int) -> int:
 def _stored_pixels(ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:
     """Stored values as pydicom decodes them: (rows, cols[, samples]) or (frames, rows, cols[, samples])."""
     syntax = ds.file_meta.TransferSyntaxUID
+    if _is_encapsulated(syntax):
+        check_encapsulated(
+            ds.PixelData,
+            syntax,
+            frames=image.frames,
+            rows=image.rows,
+            columns=image.columns,
+            samples=image.samples,
+            sample_bytes=image.stored_dtype.itemsize,
+        )
     stored = decode_jpeg_frames(ds, image.frames, image.rows, image.columns)
     if stored is None:
         try:
             stored = pixel_array(ds, as_rgb=True)
         except (NotImplementedError, RuntimeError) as exc:
-            hint = "; install the 'codecs' extra (pylibjpeg-openjpeg)" if "JPEG 2000" in syntax.name else ""
-            raise DecodeError(f"no installed codec decodes DICOM {syntax.name} pixel data{hint}: {exc}") from exc
+            raise _codec_error(syntax, exc) from exc
     frames = () if image.frames == 1 else (image.frames,)
     samples = (image.samples,) if image.samples > 1 else ()
     expected = (*frames, image.rows, image.columns, *samples)
@@ -212,6 +249,27 @@ def _stored_pixels(ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:
     if stored.dtype.newbyteorder("=") != image.stored_dtype:
         raise DecodeError(f"DICOM pixel data decoded as {stored.dtype}, the header says {image.stored_dtype}")
     return stored
+
+
+def _is_encapsulated(syntax: UID) -> bool:
+    try:
+        return bool(syntax.is_encapsulated)
+    except ValueError:  # not a transfer syntax: pydicom finds no decoder, and says so
+        return False
+
+
+def _codec_error(syntax: UID, exc: Exception) -> DecodeError:
+    """What a failed pydicom decode means: no installed codec for the transfer syntax (or for this variant of it,
+    e.g. 12-bit JPEG Extended with Pillow alone), or an installed codec that cannot read the data: corrupt."""
+    plugins: tuple[str, ...] = ()
+    with contextlib.suppress(NotImplementedError, ValueError):  # no decoder at all for this UID
+        decoder = get_decoder(syntax)
+        plugins = tuple(decoder.available_plugins) if decoder.is_available else ()
+    if plugins and not _UNSUPPORTED_VARIANT.search(str(exc)):
+        codecs = ", ".join(plugins)
+        return DecodeError(f"corrupt DICOM {syntax.name} pixel data: the installed codecs ({codecs}) failed: {exc}")
+    hint = "; install the 'codecs' extra (pylibjpeg-openjpeg)" if "JPEG 2000" in syntax.name else ""
+    return DecodeError(f"no installed codec decodes DICOM {syntax.name} pixel data{hint}: {exc}")
 
 
 def _values(stored: np.ndarray[Any, Any], ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:

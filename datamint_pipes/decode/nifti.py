@@ -10,12 +10,16 @@ Values: the stored dtype (native byte order) when the header has no scaling; flo
 scl_inter`` when it has a non-identity one -- the values of ``get_fdata()`` (same rules as nibabel: a slope of 0
 or NaN means no scaling). ``Decoded.affine`` maps the normalized (n,h,w) indices to the file's RAS+ world;
 ``metainfo`` keeps the file's own affine, header and shape. Spacing is the header's pixdim, permuted to (N,H,W).
+
+A file (a ``.nii.gz`` once decompressed) shorter than its header's vox_offset plus the declared voxels raises
+:class:`~datamint_pipes.errors.DecodeError` before any voxel is allocated.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -94,7 +98,9 @@ class NiftiDecoder:
         size = _single_file_size(data)
         image_class = nib.Nifti1Image if size == 348 else nib.Nifti2Image
         # The layout comes from the file's header bytes: nibabel moves scl_slope/scl_inter out of ``image.header``.
-        layout = _layout(image_class.header_class.from_fileobj(io.BytesIO(data[:size])))
+        header = image_class.header_class.from_fileobj(io.BytesIO(data[:size]))
+        layout = _layout(header)
+        _check_data_size(header, layout, len(data))  # nibabel allocates the declared size before reading
         image = image_class.from_bytes(data)
         proxy: Any = image.dataobj  # an ArrayProxy: get_unscaled() gives the stored dtype, byte order kept
         stored = np.asanyarray(proxy.get_unscaled())
@@ -133,6 +139,17 @@ def _single_file_size(raw: bytes) -> int:
     if magic[1:2] == b"i":
         raise DecodeError("NIfTI header points to a separate .img file (a .hdr/.img pair); only .nii is supported")
     return size
+
+
+def _check_data_size(header: nib.Nifti1Header, layout: _Layout, available: int) -> None:
+    """Raise when the voxels the header declares end beyond the ``available`` bytes of the (decompressed) file."""
+    offset = int(header.get_data_offset())
+    declared = math.prod(layout.stored_shape) * header.get_data_dtype().itemsize
+    if offset < 0 or offset + declared > available:
+        raise DecodeError(
+            f"the NIfTI header declares {declared} bytes of {layout.stored_shape} voxels at offset {offset}, "
+            f"the file holds {available} bytes (truncated, or a damaged header)"
+        )
 
 
 def _layout(header: nib.Nifti1Header) -> _Layout:

@@ -6,11 +6,13 @@ one reused swscale context, straight into the planes of the preallocated (3,N,H,
 applied. :func:`decode_frames` reads frames ``[start, stop)`` alone: it seeks to the keyframe before ``start``.
 
 The frame count comes from the container header; when the header has none (``frames == 0``, common for MKV/WebM),
-``probe`` counts the stream's packets without decoding them.
+``probe`` counts the stream's packets without decoding them. ``decode`` demuxes the stream's packets before decoding
+them and allocates the output only for a header count that the packets bear out.
 
 Truncated or damaged files raise :class:`~datamint_pipes.errors.DecodeError` rather than give a silently short
-video: a file shorter than its RIFF (AVI) or Matroska Segment header declares; a decode that yields another number
-of frames than the header promises; or, without a count, frames ending well before the container's duration.
+video: a file shorter than its RIFF (AVI) or Matroska Segment header declares; a header frame count above the
+stream's packets, or a decode that yields another number of frames than the header promises; or, without a count,
+frames ending well before the container's duration.
 """
 
 from __future__ import annotations
@@ -80,19 +82,25 @@ class VideoDecoder:
             width, height = video.codec_context.width, video.codec_context.height
             expected = video.frames
             _check_size(width, height, max(expected, 1))
+            # Demuxed whole before decoding (cheap next to decoding): the output is allocated from the header's frame
+            # count only once the stream holds that many packets, so a damaged count cannot make it huge.
+            packets = list(container.demux(video))
+            if expected > (held := sum(1 for packet in packets if packet.size)):
+                raise DecodeError(f"the container header says {expected} video frames, the stream has {held} packets")
             frames: list[np.ndarray[Any, Any]] = []
             out = np.empty((3, expected, height, width), dtype=np.uint8) if expected else None
             count = 0
             times: list[float] = []
             to_rgb = _RGBConverter(width, height)
-            for frame in container.decode(video):
-                if out is not None and count < expected:
-                    to_rgb(frame, out[:, count])
-                else:
-                    frames.append(to_rgb(frame, np.empty((3, height, width), dtype=np.uint8)))
-                if frame.time is not None:
-                    times.append(float(frame.time))
-                count += 1
+            for packet in packets:  # the last one, empty, flushes the decoder
+                for frame in video.decode(packet):
+                    if out is not None and count < expected:
+                        to_rgb(frame, out[:, count])
+                    else:
+                        frames.append(to_rgb(frame, np.empty((3, height, width), dtype=np.uint8)))
+                    if frame.time is not None:
+                        times.append(float(frame.time))
+                    count += 1
             if out is None:
                 _check_duration(container, video, times)
         if out is None:
