@@ -586,3 +586,25 @@ def test_constructor_checks() -> None:
     bare = A.HorizontalFlip(p=1)
     Augment(bare)(make_sample(smooth_image(1, (1, H, W))))  # a bare transform is wrapped in a private Compose
     assert not hasattr(bare, "processors") or bare.processors == {}
+
+
+def test_map_style_facade_augmentation_changes_with_set_epoch(
+    sample_root: Any, tmp_path: Any, monkeypatch: Any
+) -> None:
+    import albumentations as A
+
+    from datamint_compat.dataset import ImageDataset
+
+    monkeypatch.setenv("DATAMINT_PIPES_CACHE", str(tmp_path / "cache"))
+    dataset = ImageDataset(
+        project=str(sample_root / "sample-images"),
+        alb_transform=A.Compose([A.Rotate(limit=60, p=1.0)]),
+        return_segmentations=False,
+    )
+    first = np.array(dataset[1]["image"])
+    np.testing.assert_array_equal(first, np.array(dataset[1]["image"]))  # reproducible within an epoch
+    dataset.set_epoch(1)
+    second = np.array(dataset[1]["image"])
+    assert not np.array_equal(first, second)
+    dataset.set_epoch(0)
+    np.testing.assert_array_equal(first, np.array(dataset[1]["image"]))

@@ -4,8 +4,8 @@ A facade item is produced by exactly these core stages, in this order (each emit
 
     ReadResource / ReadSlice          index -> resource, annotations (filtered), epoch [, slice_index, image]
     CachedDecode                      -> image (C,[N,]H,W), metainfo, spacing, affine
-    CompatImage                       -> image in the contract's layout and dtype
     LoadSegmentations                 -> segmentations {author: uint8 (I,[N,]H,W)}, seg_labels {author: int32}
+    CompatImage                       -> image (and masks) in the contract's layout; image in its dtype
     SliceSample                       (sliced datasets) -> the slice of image and segmentations
     Augment                           (alb_transform) -> same keys, transformed together
     SemanticSegmentations             (semantic) -> float32 channels, merged tensor without seg_labels
@@ -33,6 +33,8 @@ from datamint_pipes.stages.cached import CachedDecode
 from datamint_pipes.stages.expand import slice_axis_index
 from datamint_pipes.stages.load import ReadResource
 
+from ._errors import DatamintDatasetException
+
 Layout = Literal["2d", "volume"]
 
 DOCUMENTED_KEYS = (
@@ -47,8 +49,9 @@ DOCUMENTED_KEYS = (
 )
 
 
-class FacadeError(ValueError):
-    """Raised by compat stages; the facades re-raise it as ``DatamintDatasetException``."""
+class FacadeError(DatamintDatasetException, ValueError):
+    """Raised by compat stages: the documented ``DatamintDatasetException`` (and a ``ValueError``), in
+    ``__getitem__`` and in pipeline workers alike."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class CompatImage:
 
     * ``layout='2d'``: (C,H,W); a single-slice (C,1,H,W) image is squeezed; several slices are an error.
     * ``layout='volume'``: (C,N,H,W); a 2D image becomes (C,1,H,W).
+    * Instance masks already loaded (``segmentations = {author: (I,[N,]H,W)}``, loaded against the decoded
+      shape) get the same squeeze or new axis, so they keep matching the image.
     * 16-bit PNG/JPEG: min-max scaled to uint8 per image (a constant image gives zeros); NIfTI: float32.
       DICOM keeps the decoder's dtype (float32 when rescaled, the stored integer type otherwise).
     """
@@ -66,6 +71,7 @@ class CompatImage:
     def __call__(self, sample: Sample) -> Sample:
         image = np.asarray(sample["image"])
         resource = sample["resource"]
+        out: dict[str, Any] = dict(sample)
         if self.layout == "2d":
             if image.ndim == 4:
                 if image.shape[1] != 1:
@@ -74,15 +80,24 @@ class CompatImage:
                         "serves 2D images: use VolumeDataset(...).slice() or VideoDataset(...).frame_by_frame()"
                     )
                 image = image[:, 0]
+                _reshape_masks(out, lambda masks: masks[:, 0])
         elif image.ndim == 3:
             image = image[:, np.newaxis]
+            _reshape_masks(out, lambda masks: masks[:, np.newaxis])
         kind = resource.kind
         if kind == ResourceKind.IMAGE and image.dtype == np.uint16:
             image = minmax_to_uint8(image)
         elif kind == ResourceKind.NIFTI and image.dtype != np.float32:
             image = image.astype(np.float32)
-        out: dict[str, Any] = {**sample, "image": image}
+        out["image"] = image
         return out  # type: ignore[return-value]
+
+
+def _reshape_masks(sample: dict[str, Any], reshape: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]) -> None:
+    """Apply the image's squeeze / new axis to every author's (I,[N,]H,W) masks, when they are loaded."""
+    segmentations = sample.get("segmentations")
+    if isinstance(segmentations, Mapping):
+        sample["segmentations"] = {author: reshape(masks) for author, masks in segmentations.items()}
 
 
 @dataclass(frozen=True)
@@ -114,13 +129,14 @@ class ReadSliceOf:
     positions: Sequence[int]
     slice_numbers: Sequence[int]
     slice_axis: str | int
+    epoch: int = 0
 
     def __call__(self, index: int) -> Sample:
         sample = ReadResource(self.resources, self.annotations)(self.positions[index])
         out: dict[str, Any] = {
             **sample,
             "index": int(index),
-            "epoch": getattr(index, "epoch", 0),
+            "epoch": getattr(index, "epoch", self.epoch),
             "slice_index": self.slice_numbers[index],
             "slice_axis": str(self.slice_axis),
         }
@@ -172,10 +188,11 @@ def item_stages(
     stages: list[Callable[[Any], Any]] = [
         first,
         CachedDecode(source, cache, decode_axis, metainfo=config.return_metainfo),
-        CompatImage("volume" if config.slice_axis is not None else config.layout),
     ]
     if config.return_segmentations:
+        # Masks load against the decoded shape; CompatImage then gives image and masks the facade's layout.
         stages.append(LoadSegmentations(source, schema.segmentation_codes))
+    stages.append(CompatImage("volume" if config.slice_axis is not None else config.layout))
     if config.slice_axis is not None:
         stages.append(SliceSample(config.slice_axis))
     if config.alb_transform is not None:

@@ -6,9 +6,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from datamint_pipes.errors import ProjectError
 from datamint_pipes.model import Project, Resource
 from datamint_pipes.sources.base import Source
-from datamint_pipes.sources.local import SOURCE_ROOT_KEY, LocalProject, open_project
+from datamint_pipes.sources.local import CATALOGUE, SOURCE_ROOT_KEY, LocalProject, open_project, store_root
 
 
 def uses_server(server_url: str | None) -> bool:
@@ -30,7 +31,32 @@ def open_source(project: Any, *, server_url: str | None, api_key: str | None) ->
         from datamint_pipes.sources.server import ServerSource
 
         return ServerSource(os.fspath(reference), url=server_url, api_key=api_key)
-    return open_project(reference, read_only=True)
+    try:
+        return open_project(reference, read_only=True)
+    except ProjectError:
+        # Not a folder, URL or name in the store root: a project id (or a Project whose id it is), as the
+        # contract allows.
+        by_id = _stored_project_with_id(project.id if isinstance(project, Project) else os.fspath(reference))
+        if by_id is None:
+            raise
+        return by_id
+
+
+def _stored_project_with_id(project_id: str) -> LocalProject | None:
+    """The project of the local store root whose id is ``project_id`` (folders are named by project name)."""
+    root = store_root()
+    if not project_id or not root.is_dir():
+        return None
+    for folder in sorted(root.iterdir()):
+        if not (folder / CATALOGUE).is_file():
+            continue
+        try:
+            project = LocalProject.open(folder, read_only=True)
+        except ProjectError:
+            continue  # an unreadable project is not the one asked for
+        if project.id == project_id:
+            return project
+    return None
 
 
 def source_of_resources(

@@ -33,20 +33,13 @@ from datamint_pipes.stages.annotations import (
 from datamint_pipes.stages.collate import Collate
 from datamint_pipes.stages.load import ReadResource
 
-from ._items import FacadeError, ItemConfig, Layout, item_stages, run_stages
+from ._errors import DatamintDatasetException, DatamintException
+from ._items import ItemConfig, Layout, item_stages, run_stages
 from ._sources import open_source, source_of_resources
 
 __all__ = ["DatamintBaseDataset", "DatamintDatasetException", "DatamintException"]
 
 MergeStrategy = Literal["union", "intersection", "mode"]
-
-
-class DatamintException(DatamintPipesError):
-    """Base of the compat layer's exceptions (the documented ``DatamintException``)."""
-
-
-class DatamintDatasetException(DatamintException):
-    """Exception raised for dataset errors."""
 
 
 class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
@@ -127,6 +120,7 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
         self.split_source: str | None = None
         self.split_as_of_timestamp: str | None = None
         self.seed = 0
+        self.epoch = 0
         self._prepared = False
         self._source: Source | None = None
         self._schema: LabelSchema | None = None
@@ -261,7 +255,16 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
         )
 
     def _reader(self) -> Callable[[int], Any]:
-        return ReadResource(self._resources, self._annotations)
+        return ReadResource(self._resources, self._annotations, epoch=self.epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds augmentation in map-style access (``dataset[i]``, ``get_dataloader``): call it
+        at the start of every epoch, as with ``DistributedSampler``. ``pipeline().loader()`` advances its own
+        epochs. Augmentation is reproducible per (seed, epoch, item), whatever the workers."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"{epoch=} must be a non-negative integer")
+        self.epoch = epoch
+        self._stages = None
 
     def item_stages(self) -> list[Callable[[Any], Any]]:
         """The stages that make an item from an index (the first reads the catalogue entry)."""
@@ -281,10 +284,7 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
             index += length
         if not 0 <= index < length:
             raise IndexError(f"index {index} out of range for a dataset of {length} items")
-        try:
-            item: dict[str, Any] = run_stages(self.item_stages(), index)
-        except FacadeError as error:
-            raise DatamintDatasetException(str(error)) from error
+        item: dict[str, Any] = run_stages(self.item_stages(), index)
         return item
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -332,12 +332,17 @@ class DatamintBaseDataset(ABC, Dataset[dict[str, Any]]):
         self.set_transform(A.Compose([self.alb_transform, alb_transform]))
 
     def apply_alb_transform(self, img: Any, segmentations: dict[str, Any]) -> dict[str, Any]:
-        """Apply the configured transform to ``img`` and ``segmentations`` (see ``Augment``)."""
+        """Apply the configured transform to ``img`` (C,[N,]H,W) and ``segmentations`` ({author: (I,[N,]H,W)})
+        together (see ``Augment``). Like upstream, each call draws new random parameters: the call is keyed by
+        a fresh random token, as items are keyed by (seed, epoch, resource, slice)."""
+        import secrets
+
         from datamint_pipes.stages.augment import Augment
 
         if self.alb_transform is None:
             return {"image": img, "segmentations": segmentations}
-        out = Augment(self.alb_transform, seed=self.seed)({"image": img, "segmentations": segmentations})
+        sample = {"image": img, "segmentations": segmentations, "resource_id": f"call-{secrets.token_hex(8)}"}
+        out = Augment(self.alb_transform, seed=self.seed)(sample)  # type: ignore[arg-type]
         return {"image": out["image"], "segmentations": out.get("segmentations", {})}
 
     # -- subsets ------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class SlicedVolumeDataset(DatamintBaseDataset):
             [p for p, _ in table],
             [k for _, k in table],
             self.slice_axis,
+            epoch=self.epoch,
         )
 
     def __len__(self) -> int:

@@ -77,16 +77,20 @@ class _SeriesFiles(Sequence[str | bytes]):
 
 @dataclass(frozen=True)
 class ReadResource:
-    """``index -> Sample``: look up the resource and its annotations (a catalogue snapshot, no I/O)."""
+    """``index -> Sample``: look up the resource and its annotations (a catalogue snapshot, no I/O).
+
+    ``epoch`` comes from the index when the pipeline's sampler drew it (an ``EpochIndex``), else from the
+    ``epoch`` field (map-style access: set it per epoch to vary augmentation)."""
 
     resources: Sequence[Resource]
     annotations: Mapping[str, Sequence[Annotation]] = field(default_factory=dict)
+    epoch: int = 0
 
     def __call__(self, index: int) -> Sample:
         resource = self.resources[index]
         return {
             "index": int(index),
-            "epoch": getattr(index, "epoch", 0),
+            "epoch": getattr(index, "epoch", self.epoch),
             "resource_id": resource.id,
             "resource": resource,
             "annotations": list(self.annotations.get(resource.id, ())),
