@@ -110,3 +110,27 @@ def test_process_workers_share_the_cache_and_agree_with_streaming(sample_root: P
     for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(list((tmp_path / "cache" / "arrays").glob("*/*.npy"))) == len(resources)
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("axis", ["axial", "coronal"])
+def test_cached_segmentations_equal_loaded_segmentations(
+    sample_root: Path, tmp_path: Path, name: str, axis: str
+) -> None:
+    from datamint_pipes.stages.annotations import LoadSegmentations
+    from datamint_pipes.stages.cached import CachedSegmentations
+
+    project = LocalProject.open(sample_root / name, read_only=True)
+    codes = {"tissue": 1, "bright": 2}
+    read = ReadResource(project.resources(), project.annotations_by_resource())
+    cache = ArrayCache(tmp_path)
+    for i in range(len(project.resources())):
+        sample = CachedDecode(project, cache, axis, metainfo=False)(read(i))
+        expected = LoadSegmentations(project, codes)(sample)
+        for _ in range(2):  # miss, then hit
+            got = CachedSegmentations(project, cache, codes, axis)(sample)
+            assert list(got["segmentations"]) == list(expected["segmentations"])
+            for author, masks in expected["segmentations"].items():
+                assert got["segmentations"][author].dtype == masks.dtype == np.uint8
+                np.testing.assert_array_equal(got["segmentations"][author], masks)
+                np.testing.assert_array_equal(got["seg_labels"][author], expected["seg_labels"][author])

@@ -4,9 +4,9 @@ A facade item is produced by exactly these core stages, in this order (each emit
 
     ReadResource / ReadSlice          index -> resource, annotations (filtered), epoch [, slice_index, image]
     CachedDecode                      -> image (C,[N,]H,W), metainfo, spacing, affine
-    LoadSegmentations                 -> segmentations {author: uint8 (I,[N,]H,W)}, seg_labels {author: int32}
-    CompatImage                       -> image (and masks) in the contract's layout; image in its dtype
+    CachedSegmentations               -> segmentations {author: uint8 (I,[N,]H,W)}, seg_labels {author: int32}
     SliceSample                       (sliced datasets) -> the slice of image and segmentations
+    CompatImage                       -> image (and masks) in the contract's layout; image in its dtype
     Augment                           (alb_transform) -> same keys, transformed together
     SemanticSegmentations             (semantic) -> float32 channels, merged tensor without seg_labels
     ImageLabels                       -> image_labels, image_categories
@@ -28,8 +28,8 @@ from datamint_pipes.cache import ArrayCache
 from datamint_pipes.decode import minmax_to_uint8
 from datamint_pipes.model import Annotation, Resource, ResourceKind, Sample
 from datamint_pipes.sources.base import Source
-from datamint_pipes.stages.annotations import ImageLabels, LabelSchema, LoadSegmentations, SemanticSegmentations
-from datamint_pipes.stages.cached import CachedDecode
+from datamint_pipes.stages.annotations import ImageLabels, LabelSchema, SemanticSegmentations
+from datamint_pipes.stages.cached import CachedDecode, CachedSegmentations
 from datamint_pipes.stages.expand import slice_axis_index
 from datamint_pipes.stages.load import ReadResource
 
@@ -190,11 +190,15 @@ def item_stages(
         CachedDecode(source, cache, decode_axis, metainfo=config.return_metainfo),
     ]
     if config.return_segmentations:
-        # Masks load against the decoded shape; CompatImage then gives image and masks the facade's layout.
-        stages.append(LoadSegmentations(source, schema.segmentation_codes))
-    stages.append(CompatImage("volume" if config.slice_axis is not None else config.layout))
+        # Masks load against the decoded shape (cached slice-major like the image); CompatImage then gives
+        # image and masks the facade's layout.
+        stages.append(CachedSegmentations(source, cache, schema.segmentation_codes, decode_axis))
     if config.slice_axis is not None:
+        # Slice first, so dtype conversions touch one slice, not the whole volume, per item.
         stages.append(SliceSample(config.slice_axis))
+        stages.append(CompatImage("2d"))
+    else:
+        stages.append(CompatImage(config.layout))
     if config.alb_transform is not None:
         from datamint_pipes.stages.augment import Augment
 

@@ -26,7 +26,15 @@ from datamint_pipes.sources.base import Source
 from datamint_pipes.stages.expand import slice_axis_index
 from datamint_pipes.stages.load import decode_resource
 
-__all__ = ["CachedDecode", "ReadSlice", "SliceIndex", "decoded_cache_key", "read_metainfo"]
+__all__ = [
+    "CachedDecode",
+    "CachedSegmentations",
+    "ReadSlice",
+    "SliceIndex",
+    "decoded_cache_key",
+    "read_metainfo",
+    "segmentations_cache_key",
+]
 
 
 def decoded_cache_key(resource: Resource, slice_axis: int) -> str:
@@ -215,3 +223,69 @@ class ReadSlice:
             "spacing": spacing,
             "affine": affine,
         }
+
+
+def segmentations_cache_key(
+    resource: Resource, annotations: Sequence[Annotation], seg_codes: Mapping[str, int], slice_axis: int
+) -> str:
+    """Key of a resource's instance masks: its content, every segmentation's identity and version, the codes."""
+    content = resource.metadata.get("sha256") or ["id", resource.id, *resource.cache_version]
+    versions = sorted(
+        (a.id, a.identifier, a.created_at, a.deleted_at, a.file, a.frame_index, a.author)
+        for a in annotations
+        if a.is_segmentation()
+    )
+    codes = sorted(seg_codes.items())
+    return cache_key("segmentations", content, versions, codes, __version__, "slice-major", slice_axis)
+
+
+@dataclass(frozen=True)
+class CachedSegmentations:
+    """``LoadSegmentations`` through the decoded cache: a resource's instance masks (every author, in the same
+    order and values as :class:`~datamint_pipes.stages.annotations.LoadSegmentations`) are loaded once per
+    machine and stored slice-major, so a slice item reads only its slice of every mask.
+
+    Adds ``segmentations = {author: uint8 (I,[N,]H,W)}`` (read-only views) and ``seg_labels``.
+    """
+
+    source: Source
+    cache: ArrayCache
+    seg_codes: Mapping[str, int]
+    slice_axis: str | int = "axial"
+
+    def __call__(self, sample: Sample) -> Sample:
+        from datamint_pipes.stages.annotations import load_segmentations
+
+        annotations = [a for a in sample.get("annotations", ()) if a.is_segmentation()]
+        out: dict[str, Any] = dict(sample)
+        if not annotations:
+            out.update(segmentations={}, seg_labels={})
+            return out  # type: ignore[return-value]
+        shape = tuple(sample["image"].shape)
+        axis = slice_axis_index(self.slice_axis)
+        volume = len(shape) == 4
+
+        def create() -> tuple[np.ndarray[Any, Any], dict[str, Any]]:
+            loaded = load_segmentations(self.source, annotations, shape, self.seg_codes)
+            authors = list(loaded.segmentations)
+            stacked = np.concatenate([loaded.segmentations[a] for a in authors], axis=0)  # (I_total,[N,]H,W)
+            stored = np.moveaxis(stacked, axis + 1, 0) if volume else stacked
+            meta = {
+                "authors": authors,
+                "counts": [int(loaded.segmentations[a].shape[0]) for a in authors],
+                "codes": {a: [int(c) for c in loaded.seg_labels[a]] for a in authors},
+            }
+            return np.ascontiguousarray(stored), meta
+
+        key = segmentations_cache_key(sample["resource"], annotations, self.seg_codes, axis)
+        entry = self.cache.get_or_create(key, create)
+        masks = np.moveaxis(entry.array, 0, axis + 1) if volume else entry.array
+        segmentations: dict[str, np.ndarray[Any, Any]] = {}
+        seg_labels: dict[str, np.ndarray[Any, Any]] = {}
+        start = 0
+        for author, count in zip(entry.meta["authors"], entry.meta["counts"], strict=True):
+            segmentations[author] = masks[start : start + count]
+            seg_labels[author] = np.asarray(entry.meta["codes"][author], dtype=np.int32)
+            start += count
+        out.update(segmentations=segmentations, seg_labels=seg_labels)
+        return out  # type: ignore[return-value]
