@@ -14,12 +14,14 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import pickle
 import random
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -421,7 +423,7 @@ def test_the_key_never_shows_in_logs_reprs_errors_or_cache(
 
 def test_hostile_file_names_stay_inside_the_cache_and_the_project(tmp_path: Path) -> None:
     project = LocalProject.create(tmp_path / "hostile", "hostile")
-    absolute = f"/tmp/{secrets.token_hex(8)}-escape.png"
+    absolute = os.path.join(tempfile.gettempdir(), f"{secrets.token_hex(8)}-escape.png")
     names = ["../../escape.png", absolute, "..\\..\\escape.png"]
     for name in names:
         project.add_resource(real_file("skimage", "data/cell.png"), filename=name)
