@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+# numpy parses .npy headers with ast.literal_eval, which CPython 3.11 before 3.11.8 can break when threads
+# call it at once ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905). Opening
+# a memory map is short (a header parse and an mmap), so threads take turns for that part only.
+_NPY_OPEN_LOCK = threading.Lock()
 _STALE_TEMP_SECONDS = 3600.0
 
 
@@ -195,7 +200,8 @@ class ArrayCache:
         array_path = self._store.path(key, ".npy")
         meta_path = self._store.path(key, ".json")
         try:
-            array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+            with _NPY_OPEN_LOCK:
+                array = np.load(array_path, mmap_mode="r", allow_pickle=False)
             meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
             return None
