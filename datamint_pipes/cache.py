@@ -21,6 +21,7 @@ contiguous read when the slicing axis is stored first (see :func:`to_slice_major
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -188,8 +189,23 @@ class CachedArray:
 class ArrayCache:
     """Decoded arrays as uncompressed ``.npy`` files, memory-mapped on read (see the module docstring)."""
 
+    # Entries this process has open, so a hit costs a stat, not a header parse and a new map. A memo entry is
+    # used only while the file is the same one (inode and size); eviction or replacement shows as a change.
+    _OPEN_LIMIT = 256
+    _TOUCH_EVERY = 30.0
+
     def __init__(self, root: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None) -> None:
         self._store = _Store(root if root is not None else default_cache_dir(), "arrays", max_bytes)
+        self._open: collections.OrderedDict[str, tuple[int, int, float, CachedArray]] = collections.OrderedDict()
+        self._open_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_store": self._store}  # open maps stay in their process
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._store = state["_store"]
+        self._open = collections.OrderedDict()
+        self._open_lock = threading.Lock()
 
     @property
     def root(self) -> Path:
@@ -198,6 +214,32 @@ class ArrayCache:
     def get(self, key: str) -> CachedArray | None:
         """The entry for ``key``, or ``None``. A damaged entry is removed and reported as a miss."""
         array_path = self._store.path(key, ".npy")
+        try:
+            stat = os.stat(array_path)
+        except FileNotFoundError:
+            self._forget(key)
+            return None
+        with self._open_lock:
+            memo = self._open.get(key)
+            if memo is not None and memo[:2] == (stat.st_ino, stat.st_size):
+                self._open.move_to_end(key)
+                if time.monotonic() - memo[2] > self._TOUCH_EVERY:
+                    self._store.touch(array_path)
+                    self._open[key] = (memo[0], memo[1], time.monotonic(), memo[3])
+                return memo[3]
+        entry = self._load(key, array_path)
+        if entry is not None:
+            with self._open_lock:
+                self._open[key] = (stat.st_ino, stat.st_size, time.monotonic(), entry)
+                while len(self._open) > self._OPEN_LIMIT:
+                    self._open.popitem(last=False)
+        return entry
+
+    def _forget(self, key: str) -> None:
+        with self._open_lock:
+            self._open.pop(key, None)
+
+    def _load(self, key: str, array_path: Path) -> CachedArray | None:
         meta_path = self._store.path(key, ".json")
         try:
             with _NPY_OPEN_LOCK:

@@ -304,10 +304,15 @@ class EpochSamplerWrapper(SamplerWrapper[int]):
             self._started = True
 
     def get_state(self) -> dict[str, Any]:
-        state = super().get_state()
-        if isinstance(self.sampler, EpochSampler):
-            state[self.SAMPLER_CONFIG_KEY] = self.sampler.config()
-        return state
+        if not isinstance(self.sampler, EpochSampler):
+            return dict(super().get_state())
+        # Our sampler is not Stateful (its order is a pure function of seed and epoch): skip the base class's
+        # isinstance(sampler, Stateful) Protocol check, ~45 us on every item the loader snapshots.
+        return {
+            self.NUM_YIELDED_KEY: self._num_yielded,
+            self.EPOCH_KEY: self.epoch,
+            self.SAMPLER_CONFIG_KEY: self.sampler.config(),
+        }
 
 
 def _parallel_iter(node: BaseNode[Any]) -> Any:

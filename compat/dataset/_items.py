@@ -30,7 +30,7 @@ from datamint_pipes.model import Annotation, Resource, ResourceKind, Sample
 from datamint_pipes.sources.base import Source
 from datamint_pipes.stages.annotations import ImageLabels, LabelSchema, SemanticSegmentations
 from datamint_pipes.stages.cached import CachedDecode, CachedSegmentations
-from datamint_pipes.stages.expand import slice_axis_index
+from datamint_pipes.stages.expand import slice_axis_index, slice_view
 from datamint_pipes.stages.load import ReadResource
 
 from ._errors import DatamintDatasetException
@@ -113,10 +113,10 @@ class SliceSample:
         out: dict[str, Any] = dict(sample)
         image = sample["image"]
         if image.ndim == 4:
-            out["image"] = np.take(image, k, axis=axis + 1)
+            out["image"] = slice_view(image, k, axis + 1)
             segmentations = sample.get("segmentations")
             if isinstance(segmentations, Mapping):
-                out["segmentations"] = {a: np.take(m, k, axis=axis + 1) for a, m in segmentations.items()}
+                out["segmentations"] = {a: slice_view(m, k, axis + 1) for a, m in segmentations.items()}
         return out  # type: ignore[return-value]
 
 

@@ -94,7 +94,7 @@ class NiftiDecoder:
         """Decode to (C,N,H,W) as the module docstring describes."""
         data = stream.read()
         if data.startswith(_GZIP_MAGIC):
-            data = gzip.decompress(data)
+            data = _gunzip(data)
         size = _single_file_size(data)
         image_class = nib.Nifti1Image if size == 348 else nib.Nifti2Image
         # The layout comes from the file's header bytes: nibabel moves scl_slope/scl_inter out of ``image.header``.
@@ -116,6 +116,19 @@ class NiftiDecoder:
             out += np.float32(layout.inter)
         metainfo = {"affine": image.affine, "header": image.header, "shape": image.shape}
         return Decoded(array=out, metainfo=metainfo, spacing=layout.spacing, affine=layout.affine)
+
+
+def _gunzip(data: bytes) -> bytes:
+    """Decompress every gzip member (``gzip.decompress`` would add a second pass for the CRC check that
+    zlib already does)."""
+    out = []
+    while data:
+        decompressor = zlib.decompressobj(wbits=31)
+        out.append(decompressor.decompress(data))
+        if not decompressor.eof:
+            raise DecodeError("the gzip stream is truncated")
+        data = decompressor.unused_data.lstrip(b"\x00")
+    return b"".join(out)
 
 
 def _header_size(raw: bytes) -> int | None:

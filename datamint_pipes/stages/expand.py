@@ -18,7 +18,7 @@ import numpy as np
 
 from datamint_pipes.model import Sample
 
-__all__ = ["SLICE_AXES", "SliceVolume", "slice_axis_index"]
+__all__ = ["SLICE_AXES", "SliceVolume", "slice_axis_index", "slice_view"]
 
 SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 
@@ -32,6 +32,14 @@ def slice_axis_index(slice_axis: str | int) -> int:
     if slice_axis not in (0, 1, 2):
         raise ValueError(f"{slice_axis=} must be one of {sorted(SLICE_AXES)} or 0, 1, 2")
     return int(slice_axis)
+
+
+def slice_view(array: np.ndarray[Any, Any], index: int, axis: int) -> np.ndarray[Any, Any]:
+    """``array`` at ``index`` along ``axis``, as a view. (``np.take`` would first copy a non-contiguous array
+    whole -- an RGB video, or coronal slices of a slice-major cache -- for every slice.)"""
+    key: list[Any] = [slice(None)] * array.ndim
+    key[axis] = index
+    return array[tuple(key)]
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,8 @@ class SliceVolume:
         out: list[Sample] = []
         for k in range(image.shape[axis + 1]):
             item: dict[str, Any] = dict(sample)
-            item["image"] = np.take(image, k, axis=axis + 1)
-            item["masks"] = {key: np.take(m, k, axis=axis) for key, m in masks.items()}
+            item["image"] = slice_view(image, k, axis + 1)
+            item["masks"] = {key: slice_view(m, k, axis) for key, m in masks.items()}
             item["slice_index"] = k
             item["slice_axis"] = self.slice_axis
             out.append(item)  # type: ignore[arg-type]
