@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,3 +64,18 @@ def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("samples")
     build_samples(root)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the machine-wide caches of code under test out of the user's home folder (tests that need their
+    own cache folder set ``DATAMINT_PIPES_CACHE`` with monkeypatch)."""
+    import os
+
+    previous = os.environ.get("DATAMINT_PIPES_CACHE")
+    os.environ["DATAMINT_PIPES_CACHE"] = str(tmp_path_factory.mktemp("default-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DATAMINT_PIPES_CACHE", None)
+    else:
+        os.environ["DATAMINT_PIPES_CACHE"] = previous
