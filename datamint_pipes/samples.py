@@ -100,6 +100,32 @@ def _label_and_categorise(project: LocalProject, rid: str, position: int, workli
         project.add_annotation(rid, "view", "category", created_by=annotator, text_value=view, worklist_id=worklist_id)
 
 
+def _annotate_frames(
+    project: LocalProject,
+    resource_id: str,
+    volume: np.ndarray[Any, Any],
+    frames_by_annotator: list[list[int]],
+    key_frame: int,
+    worklist_id: str,
+) -> None:
+    """Frame-scoped threshold masks of ``volume`` (N,H,W) on each annotator's frames, and a key-frame label."""
+    for who, annotator in enumerate(ANNOTATORS):
+        for frame in frames_by_annotator[who]:
+            for label, mask in _masks_for(volume[frame], who).items():
+                project.add_annotation(
+                    resource_id,
+                    label,
+                    "segmentation",
+                    created_by=annotator,
+                    frame_index=frame,
+                    mask=mask,
+                    worklist_id=worklist_id,
+                )
+        project.add_annotation(
+            resource_id, "key_frame", "label", created_by=annotator, frame_index=key_frame, worklist_id=worklist_id
+        )
+
+
 def _assign_splits(project: LocalProject) -> None:
     ids = [r.id for r in project.resources()]
     cut = max(1, round(0.7 * len(ids)))
@@ -161,21 +187,7 @@ def _build_volumes(project: LocalProject, work: Path) -> None:
         _label_and_categorise(project, resource.id, position, worklist_id)
         volume = decode_resource(project, resource).array.astype(np.float64).mean(axis=0)  # (N,H,W)
         frames = sorted({0, volume.shape[0] // 2, volume.shape[0] - 1})
-        for who, annotator in enumerate(ANNOTATORS):
-            for frame in frames[who:]:
-                for label, mask in _masks_for(volume[frame], who).items():
-                    project.add_annotation(
-                        resource.id,
-                        label,
-                        "segmentation",
-                        created_by=annotator,
-                        frame_index=frame,
-                        mask=mask,
-                        worklist_id=worklist_id,
-                    )
-            project.add_annotation(
-                resource.id, "key_frame", "label", created_by=annotator, frame_index=frames[-1], worklist_id=worklist_id
-            )
+        _annotate_frames(project, resource.id, volume, [frames, frames[1:]], frames[-1], worklist_id)
         if resource.metadata.get("format") == "nifti":
             # A whole-volume mask in the file's stored voxel order, as a user with nibabel would write it.
             import nibabel as nib
@@ -219,21 +231,9 @@ def _build_videos(project: LocalProject, work: Path) -> None:
         _label_and_categorise(project, resource.id, position, worklist_id)
         array = decode_resource(project, resource).array.astype(np.float64).mean(axis=0)
         count = array.shape[0]
-        for who, annotator in enumerate(ANNOTATORS):
-            for frame in range(who, count, max(1, count // 5)):
-                for label, mask in _masks_for(array[frame], who).items():
-                    project.add_annotation(
-                        resource.id,
-                        label,
-                        "segmentation",
-                        created_by=annotator,
-                        frame_index=frame,
-                        mask=mask,
-                        worklist_id=worklist_id,
-                    )
-            project.add_annotation(
-                resource.id, "key_frame", "label", created_by=annotator, frame_index=count // 2, worklist_id=worklist_id
-            )
+        step = max(1, count // 5)
+        frames_by_annotator = [list(range(who, count, step)) for who in range(len(ANNOTATORS))]
+        _annotate_frames(project, resource.id, array, frames_by_annotator, count // 2, worklist_id)
     _assign_splits(project)
 
 
