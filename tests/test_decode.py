@@ -500,6 +500,21 @@ def test_nifti_ras_and_lps_storage_layout() -> None:
     np.testing.assert_array_equal(ras.array[0], data.transpose(2, 1, 0)[:, ::-1, ::-1])
 
 
+def test_nifti_gzip_members_and_damage() -> None:
+    """Every gzip member is inflated (pigz and bgzip write several); a bad CRC or a cut stream is an error."""
+    raw = nib.Nifti1Image(asymmetric_volume((6, 7, 8)), AFFINES["LPS"]).to_bytes()
+    expected = decode(raw).array
+    cut = len(raw) // 3
+    members = gzip.compress(raw[:cut]) + b"\x00" * 4 + gzip.compress(raw[cut:])
+    np.testing.assert_array_equal(decode_checked(members, filename="v.nii.gz").array, expected)
+    damaged = bytearray(gzip.compress(raw))
+    damaged[-6] ^= 0x01  # CRC-32 of the member
+    with pytest.raises(DecodeError, match="checksum"):
+        decode(bytes(damaged), filename="v.nii.gz")
+    with pytest.raises(DecodeError, match="truncated"):
+        decode(gzip.compress(raw)[:-100], filename="v.nii.gz")
+
+
 @pytest.mark.parametrize(
     ("slope", "inter", "scaled"),
     [(2.5, -10.0, True), (1.0, 7.0, True), (1.0, 0.0, False), (0.0, 5.0, False), (float("nan"), 3.0, False)],

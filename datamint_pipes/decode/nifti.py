@@ -40,6 +40,8 @@ _LPS = axcodes2ornt(("L", "P", "S"))
 # Columns reorder voxel indices (n, h, w) = (k, j, i) of the LPS-ordered array into (i, j, k).
 _NHW_TO_IJK = np.eye(4)[:, [2, 1, 0, 3]]
 _SUPPORTED_KINDS = "biuf"
+# The stubs declare isal's error as an instance; at run time it is the exception class.
+_INFLATE_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def _gunzip(data: bytes) -> bytes:
         decompressor = isal_zlib.decompressobj(wbits=31)
         try:
             out.append(decompressor.decompress(data))
-        except isal_zlib.error as error:
+        except _INFLATE_ERROR as error:
             raise DecodeError(f"corrupt gzip stream: {error}") from error
         if not decompressor.eof:
             raise DecodeError("the gzip stream is truncated")
