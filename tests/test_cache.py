@@ -12,10 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from datamint_pipes.cache import (
     ArrayCache,
     ByteCache,
+    ChunkedArray,
     cache_key,
     from_slice_major,
     to_slice_major,
@@ -203,3 +207,94 @@ def test_byte_cache_fetches_once_across_threads(tmp_path: Path) -> None:
 def test_bad_max_bytes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         ArrayCache(tmp_path, max_bytes=0)
+
+
+# -- the compressed (lz4) entry format ----------------------------------------------------------------------
+
+CHUNK_DTYPES = st.sampled_from(["|u1", "|b1", "<i2", ">i2", "<u2", "<i4", "<f4", ">f8", "<c8"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    array=CHUNK_DTYPES.flatmap(
+        lambda dtype: hnp.arrays(np.dtype(dtype), hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6))
+    )
+)
+def test_lz4_entries_round_trip_exactly_slice_by_slice(
+    array: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache = ArrayCache(tmp_path_factory.mktemp("lz4"), compression="lz4")
+    key = cache_key("round-trip", array.dtype.str, array.shape, array.tobytes().hex()[:64])
+    cache.put(key, array, {"spacing": [1.0]})
+    hit = cache.get(key)
+    assert hit is not None and isinstance(hit.array, ChunkedArray)
+    assert hit.path.suffix == ".chunks"
+    assert (hit.array.shape, hit.array.dtype, len(hit.array)) == (array.shape, array.dtype, array.shape[0])
+    whole = hit.whole()
+    assert whole.dtype == array.dtype and whole.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(whole, array)  # NaNs compare equal here, so bit-exact floats too
+    assert whole.tobytes() == np.ascontiguousarray(array).tobytes()
+    for k in (0, array.shape[0] - 1, -1):
+        np.testing.assert_array_equal(hit.slice(k), array[k])
+        assert hit.slice(k).tobytes() == np.take(array, [k], axis=0).tobytes()  # array[k] may be a native scalar
+    with pytest.raises(IndexError):
+        hit.slice(array.shape[0])
+
+
+def test_lz4_makes_noisy_ct_like_slices_smaller_and_reads_one_slice(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    volume = (rng.normal(0, 10, (8, 64, 64)) - 1000).astype(np.int16)  # air with noise, as in CT
+    volume[:, 16:48, 16:48] = (rng.normal(40, 10, (8, 32, 32))).astype(np.int16)
+    plain = ArrayCache(tmp_path / "plain").put(cache_key("ct"), volume)
+    packed = ArrayCache(tmp_path / "lz4", compression="lz4").put(cache_key("ct"), volume)
+    assert packed.path.stat().st_size < 0.7 * plain.path.stat().st_size  # the byte shuffle is what makes this
+    np.testing.assert_array_equal(packed.slice(3), volume[3])
+    np.testing.assert_array_equal(packed.array[3, 5:9, 7], volume[3, 5:9, 7])  # int first index: one slice
+    np.testing.assert_array_equal(packed.array[2:5], volume[2:5])
+
+
+def test_every_cache_reads_both_formats_and_the_env_picks_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    ArrayCache(tmp_path, compression="lz4").put(cache_key("a"), data)
+    ArrayCache(tmp_path, compression="none").put(cache_key("b"), data)
+    for compression in ("none", "lz4"):
+        reader = ArrayCache(tmp_path, compression=compression)  # type: ignore[arg-type]
+        for key in ("a", "b"):
+            np.testing.assert_array_equal(reader.get(cache_key(key)).whole(), data)  # type: ignore[union-attr]
+    monkeypatch.setenv("DATAMINT_PIPES_CACHE_COMPRESSION", "lz4")
+    from_env = ArrayCache(tmp_path)
+    assert from_env.compression == "lz4"
+    assert pickle.loads(pickle.dumps(from_env)).compression == "lz4"
+    assert from_env.put(cache_key("c"), data).path.suffix == ".chunks"
+    monkeypatch.setenv("DATAMINT_PIPES_CACHE_COMPRESSION", "zip")
+    with pytest.raises(ValueError, match="compression"):
+        ArrayCache(tmp_path)
+
+
+def test_a_damaged_lz4_entry_is_never_served(tmp_path: Path) -> None:
+    cache = ArrayCache(tmp_path, compression="lz4")
+    key = cache_key("damaged-lz4")
+    volume = np.random.default_rng(1).integers(0, 4000, (4, 32, 32), dtype=np.int16)
+    path = cache.put(key, volume).path
+    good = path.read_bytes()
+    path.write_bytes(good[:-5])  # torn: offsets no longer match the size
+    assert ArrayCache(tmp_path).get(key) is None and not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"DMPCHNK1" + b"\xff" * 8)  # a header length past the end
+    assert ArrayCache(tmp_path).get(key) is None
+    # Bytes flipped inside a compressed slice: that slice raises (naming the file), never returns wrong data.
+    cache.put(key, volume)
+    damaged = bytearray(path.read_bytes())
+    damaged[-40:-20] = b"\x00" * 20
+    path.write_bytes(bytes(damaged))
+    entry = ArrayCache(tmp_path).get(key)
+    assert entry is not None
+    np.testing.assert_array_equal(entry.slice(0), volume[0])
+    try:
+        last = entry.slice(3)
+    except CacheError as error:
+        assert str(path) in str(error)
+    else:  # LZ4 has no checksum: a flip that still decodes must at least not be the original
+        assert not np.array_equal(last, volume[3]) or damaged == good

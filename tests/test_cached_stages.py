@@ -30,10 +30,11 @@ def _datasets_equal(a: object, b: object) -> bool:
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
 @pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
-def test_cached_decode_equals_decode(sample_root: Path, tmp_path: Path, name: str, axis: str) -> None:
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_cached_decode_equals_decode(sample_root: Path, tmp_path: Path, name: str, axis: str, compression: str) -> None:
     project = LocalProject.open(sample_root / name, read_only=True)
     read = ReadResource(project.resources())
-    cache = ArrayCache(tmp_path)
+    cache = ArrayCache(tmp_path, compression=compression)  # type: ignore[arg-type]
     for i in range(len(project.resources())):
         plain = DecodeImage(project)(read(i))
         for _ in range(2):  # a miss (decode + store), then a hit (memory map)
@@ -63,14 +64,17 @@ def test_cache_holds_one_entry_per_resource_and_layout(sample_root: Path, tmp_pa
 
 
 @pytest.mark.parametrize("axis", ["axial", "sagittal"])
-def test_random_access_slices_equal_the_decoded_volume(sample_root: Path, tmp_path: Path, axis: str) -> None:
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_random_access_slices_equal_the_decoded_volume(
+    sample_root: Path, tmp_path: Path, axis: str, compression: str
+) -> None:
     project = LocalProject.open(sample_root / "sample-volumes", read_only=True)
     resources = project.resources()
     index = SliceIndex.from_resources(resources, axis)
     position = {"axial": 0, "sagittal": 2}[axis]
     expected_total = sum(r.metadata["shape"][position + 1] for r in resources)
     assert len(index) == expected_total
-    reader = ReadSlice(project, ArrayCache(tmp_path), resources, index, slice_axis=axis)
+    reader = ReadSlice(project, ArrayCache(tmp_path, compression=compression), resources, index, slice_axis=axis)  # type: ignore[arg-type]
     volumes = [DecodeImage(project)(ReadResource(resources)(i))["image"] for i in range(len(resources))]
     for i in np.random.default_rng(0).permutation(len(index))[:40]:
         sample = reader(int(i))
@@ -114,8 +118,9 @@ def test_process_workers_share_the_cache_and_agree_with_streaming(sample_root: P
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
 @pytest.mark.parametrize("axis", ["axial", "coronal"])
+@pytest.mark.parametrize("compression", ["none", "lz4"])
 def test_cached_segmentations_equal_loaded_segmentations(
-    sample_root: Path, tmp_path: Path, name: str, axis: str
+    sample_root: Path, tmp_path: Path, name: str, axis: str, compression: str
 ) -> None:
     from datamint_pipes.stages.annotations import LoadSegmentations
     from datamint_pipes.stages.cached import CachedSegmentations
@@ -123,7 +128,7 @@ def test_cached_segmentations_equal_loaded_segmentations(
     project = LocalProject.open(sample_root / name, read_only=True)
     codes = {"tissue": 1, "bright": 2}
     read = ReadResource(project.resources(), project.annotations_by_resource())
-    cache = ArrayCache(tmp_path)
+    cache = ArrayCache(tmp_path, compression=compression)  # type: ignore[arg-type]
     for i in range(len(project.resources())):
         sample = CachedDecode(project, cache, axis, metainfo=False)(read(i))
         expected = LoadSegmentations(project, codes)(sample)

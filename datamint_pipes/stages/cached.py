@@ -1,9 +1,10 @@
-"""The fast path: decode each resource once per machine, then serve it from memory-mapped ``.npy`` files.
+"""The fast path: decode each resource once per machine, then serve it from the decoded-array cache.
 
 * :class:`CachedDecode` -- like :class:`~datamint_pipes.stages.load.DecodeImage`, but the first call for a
   resource (in any worker thread or process) decodes it and stores the array slice-major in an
   :class:`~datamint_pipes.cache.ArrayCache`; every later call memory-maps it. ``image`` is then a read-only
-  (C,N,H,W) view whose slices along ``slice_axis`` are contiguous.
+  (C,N,H,W) view whose slices along ``slice_axis`` are contiguous (with ``compression="lz4"``: a writeable
+  decompressed copy).
 * :class:`SliceIndex` + :class:`ReadSlice` -- random access: a global index over every (resource, slice)
   built from catalogue headers (no decoding); reading one slice of a cached volume touches only that slice.
 
@@ -148,7 +149,8 @@ class CachedDecode:
         resource = sample["resource"]
         axis = slice_axis_index(self.slice_axis)
         entry = _entry(self.source, self.cache, resource, axis)
-        image = from_slice_major(entry.array, axis) if entry.meta["layout"] == "slice-major" else entry.array
+        whole = entry.whole()
+        image = from_slice_major(whole, axis) if entry.meta["layout"] == "slice-major" else whole
         spacing, affine = _geometry(entry.meta)
         out: dict[str, Any] = dict(sample)
         out.update(image=image, spacing=spacing, affine=affine)
@@ -209,7 +211,7 @@ class ReadSlice:
         resource = self.resources[position]
         axis = slice_axis_index(self.slice_axis)
         entry = _entry(self.source, self.cache, resource, axis)
-        image = entry.array[number] if entry.meta["layout"] == "slice-major" else entry.array
+        image = entry.slice(number) if entry.meta["layout"] == "slice-major" else entry.whole()
         spacing, affine = _geometry(entry.meta)
         return {
             "index": int(index),
@@ -279,7 +281,7 @@ class CachedSegmentations:
 
         key = segmentations_cache_key(sample["resource"], annotations, self.seg_codes, axis)
         entry = self.cache.get_or_create(key, create)
-        masks = np.moveaxis(entry.array, 0, axis + 1) if volume else entry.array
+        masks = np.moveaxis(entry.whole(), 0, axis + 1) if volume else entry.whole()
         segmentations: dict[str, np.ndarray[Any, Any]] = {}
         seg_labels: dict[str, np.ndarray[Any, Any]] = {}
         start = 0
