@@ -2,8 +2,10 @@
 
 One sequential decode of the first video stream per call (frame threads on); frames are converted to RGB
 (``rgb24``, the values of PyAV's ``frame.to_ndarray(format="rgb24")``) at the stream's coded width and height through
-one reused swscale context, straight into the planes of the preallocated (3,N,H,W) array. Rotation metadata is not
-applied. :func:`decode_frames` reads frames ``[start, stop)`` alone: it seeks to the keyframe before ``start``.
+one reused swscale context, straight into the planes of the preallocated (3,N,H,W) array. Frames under
+``_SWS_THREADS_FROM_PIXELS`` are converted in one swscale thread, whose values are the same: swscale's slice threads
+cost more than they save on small frames. Rotation metadata is not applied. :func:`decode_frames` reads frames
+``[start, stop)`` alone: it seeks to the keyframe before ``start``.
 
 The frame count comes from the container header; when the header has none (``frames == 0``, common for MKV/WebM),
 ``probe`` counts the stream's packets without decoding them. ``decode`` demuxes the stream's packets before decoding
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import av
+import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
@@ -33,6 +36,7 @@ __all__ = ["VideoDecoder", "decode_frames"]
 
 # ISO base media brands that are still images, not videos (HEIF/AVIF share MP4's container).
 _IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+_SWS_THREADS_FROM_PIXELS = 1 << 20  # smaller frames: one swscale thread (0: swscale picks, one per CPU)
 
 
 class VideoDecoder:
@@ -98,7 +102,7 @@ class VideoDecoder:
                         to_rgb(frame, out[:, count])
                     else:
                         frames.append(to_rgb(frame, np.empty((3, height, width), dtype=np.uint8)))
-                    if frame.time is not None:
+                    if out is None and frame.time is not None:  # only needed to check a count-less stream
                         times.append(float(frame.time))
                     count += 1
             if out is None:
@@ -117,12 +121,21 @@ class _RGBConverter:
 
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
+        self.threads = 1 if width * height < _SWS_THREADS_FROM_PIXELS else 0
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: Any, out: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Write ``frame`` as RGB into ``out``, a (3,H,W) uint8 array with contiguous planes; return ``out``."""
-        rgb = self.reformatter.reformat(frame, width=self.width, height=self.height, format="rgb24").to_ndarray()
-        split_channels(rgb, [out[0], out[1], out[2]])
+        rgb = self.reformatter.reformat(
+            frame, width=self.width, height=self.height, format="rgb24", threads=self.threads
+        ).to_ndarray()
+        planes = [out[0], out[1], out[2]]
+        if rgb.flags.c_contiguous:
+            # OpenCV writes into the given planes and returns them (GIL released); a new array means it did not.
+            written = cv2.split(rgb, planes)
+            if all(plane is given for plane, given in zip(written, planes, strict=True)):
+                return out
+        split_channels(rgb, planes)
         return out
 
 
