@@ -20,6 +20,7 @@ Workloads (generated from the seed, cached under ``--cache-dir``):
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -125,12 +126,17 @@ def pyav_frames(path: Path, reuse_reformatter: bool = False) -> list[np.ndarray[
 
 
 def reopen_and_seek(path: Path, indices: Sequence[int]) -> int:
-    """The reference client's per-frame read: open the file, seek to the frame's time, decode up to it.
+    """The reference client's per-frame read: write the video's bytes to a temporary file, open it, seek to the
+    frame's time (backward to a keyframe: frame 0 with these GOPs), decode up to it.
 
     Returns how many of the frames it found."""
     found = 0
+    data = path.read_bytes()
     for index in indices:
-        with av.open(str(path)) as container:
+        with (
+            tempfile.NamedTemporaryFile(suffix=path.suffix) as rewritten,
+            av.open(_rewrite(rewritten, data)) as container,
+        ):
             video = container.streams.video[0]
             frame_time = Fraction(index) / (video.average_rate or 1)
             target = (video.start_time or 0) + round(frame_time / (video.time_base or 1))
@@ -141,6 +147,12 @@ def reopen_and_seek(path: Path, indices: Sequence[int]) -> int:
                     found += 1
                     break
     return found
+
+
+def _rewrite(handle: Any, data: bytes) -> str:
+    handle.write(data)
+    handle.flush()
+    return str(handle.name)
 
 
 def keyframes(path: Path) -> int:
