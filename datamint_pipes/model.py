@@ -472,6 +472,7 @@ class Sample(TypedDict, total=False):
     * ``spacing`` -- voxel spacing along the array's (N,)H,W axes, when known; ``affine`` -- 4x4 voxel-to-patient
       transform of those axes, when known.
     * ``masks`` -- ``{annotation_id: uint8 array}`` of loaded segmentation masks before merging.
+    * ``volume_shape`` -- (C,N,H,W) of the volume when ``image`` is one slice read alone from the decoded cache.
     """
 
     image: np.ndarray[Any, Any]
@@ -490,3 +491,4 @@ class Sample(TypedDict, total=False):
     spacing: tuple[float, ...] | None
     affine: np.ndarray[Any, Any] | None
     masks: dict[str, np.ndarray[Any, Any]]
+    volume_shape: tuple[int, ...]

@@ -139,3 +139,40 @@ def test_cached_segmentations_equal_loaded_segmentations(
                 assert got["segmentations"][author].dtype == masks.dtype == np.uint8
                 np.testing.assert_array_equal(got["segmentations"][author], masks)
                 np.testing.assert_array_equal(got["seg_labels"][author], expected["seg_labels"][author])
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_slice_only_reads_equal_the_slice_of_the_volume(
+    sample_root: Path, tmp_path: Path, axis: str, compression: str
+) -> None:
+    """Random access to one slice (image and every author's masks) gives what slicing the whole volume gives."""
+    from datamint_pipes.stages.cached import CachedSegmentations
+    from datamint_pipes.stages.expand import slice_axis_index, slice_view
+
+    project = LocalProject.open(sample_root / "sample-volumes", read_only=True)
+    codes = {"tissue": 1, "bright": 2}
+    read = ReadResource(project.resources(), project.annotations_by_resource())
+    cache = ArrayCache(tmp_path, compression=compression)  # type: ignore[arg-type]
+    position = slice_axis_index(axis) + 1
+    rng = np.random.default_rng(0)
+    checked_masks = 0
+    for i in range(len(project.resources())):
+        volume = CachedDecode(project, cache, axis, metainfo=False)(read(i))
+        whole = CachedSegmentations(project, cache, codes, axis)(volume)
+        count = volume["image"].shape[position]
+        for k in {0, count - 1, int(rng.integers(count))}:
+            sample = {**read(i), "slice_index": k}
+            one = CachedDecode(project, cache, axis, metainfo=False, slice_only=True)(sample)  # type: ignore[arg-type]
+            assert one["volume_shape"] == volume["image"].shape
+            np.testing.assert_array_equal(one["image"], slice_view(volume["image"], k, position))
+            assert one["image"].dtype == volume["image"].dtype
+            masks = CachedSegmentations(project, cache, codes, axis, slice_only=True)(one)["segmentations"]
+            assert list(masks) == list(whole["segmentations"])
+            for author, full in whole["segmentations"].items():
+                np.testing.assert_array_equal(masks[author], slice_view(full, k, position))
+                checked_masks += 1
+    assert checked_masks > 0
+    # Without slice_index, slice_only changes nothing.
+    plain = CachedDecode(project, cache, axis, metainfo=False, slice_only=True)(read(0))
+    np.testing.assert_array_equal(plain["image"], CachedDecode(project, cache, axis, metainfo=False)(read(0))["image"])

@@ -185,14 +185,16 @@ def item_stages(
 ) -> list[Callable[[Any], Any]]:
     """The facade's stages after ``first`` (the index -> sample reader), as listed in the module docstring."""
     decode_axis = config.slice_axis if config.slice_axis is not None else "axial"
+    # A sliced item reads its slice alone from the cache (image and masks, cached slice-major), never the volume.
+    sliced = config.slice_axis is not None
     stages: list[Callable[[Any], Any]] = [
         first,
-        CachedDecode(source, cache, decode_axis, metainfo=config.return_metainfo),
+        CachedDecode(source, cache, decode_axis, metainfo=config.return_metainfo, slice_only=sliced),
     ]
     if config.return_segmentations:
         # Masks load against the decoded shape (cached slice-major like the image); CompatImage then gives
         # image and masks the facade's layout.
-        stages.append(CachedSegmentations(source, cache, schema.segmentation_codes, decode_axis))
+        stages.append(CachedSegmentations(source, cache, schema.segmentation_codes, decode_axis, slice_only=sliced))
     if config.slice_axis is not None:
         # Slice first, so dtype conversions touch one slice, not the whole volume, per item.
         stages.append(SliceSample(config.slice_axis))

@@ -132,15 +132,29 @@ def _geometry(meta: Mapping[str, Any]) -> tuple[tuple[float, ...] | None, np.nda
     return spacing, affine
 
 
+def _volume_shape(entry: CachedArray, axis: int) -> tuple[int, ...]:
+    """(C,N,H,W) of a slice-major entry (stored with ``axis`` first)."""
+    first, *rest = (int(n) for n in entry.meta["shape"])
+    rest.insert(axis + 1, first)  # the inverse of to_slice_major's move of axis + 1 to the front
+    return tuple(rest)
+
+
 @dataclass(frozen=True)
 class CachedDecode:
     """Adds ``image`` (read-only memory-mapped view, (C,H,W) or (C,N,H,W)), ``spacing``, ``affine`` and, when
-    ``metainfo`` is true, ``metainfo`` (from headers) -- the same values as ``DecodeImage``."""
+    ``metainfo`` is true, ``metainfo`` (from headers) -- the same values as ``DecodeImage``.
+
+    With ``slice_only`` and a sample that has ``slice_index`` (random access to one slice), a volume's ``image``
+    is only that slice along ``slice_axis`` -- ``image[:, k]``, ``image[:, :, k]`` or ``image[..., k]`` of the
+    volume -- read from the cache alone (one slice decompressed for an ``lz4`` cache, not the volume), and
+    ``volume_shape`` gives the volume's (C,N,H,W).
+    """
 
     source: Source
     cache: ArrayCache
     slice_axis: str | int = "axial"
     metainfo: bool = True
+    slice_only: bool = False
 
     def __post_init__(self) -> None:
         slice_axis_index(self.slice_axis)
@@ -149,11 +163,16 @@ class CachedDecode:
         resource = sample["resource"]
         axis = slice_axis_index(self.slice_axis)
         entry = _entry(self.source, self.cache, resource, axis)
-        whole = entry.whole()
-        image = from_slice_major(whole, axis) if entry.meta["layout"] == "slice-major" else whole
-        spacing, affine = _geometry(entry.meta)
         out: dict[str, Any] = dict(sample)
-        out.update(image=image, spacing=spacing, affine=affine)
+        if entry.meta["layout"] != "slice-major":
+            out["image"] = entry.whole()
+        elif self.slice_only and sample.get("slice_index") is not None:
+            out["image"] = entry.slice(int(sample["slice_index"]))
+            out["volume_shape"] = _volume_shape(entry, axis)
+        else:
+            out["image"] = from_slice_major(entry.whole(), axis)
+        spacing, affine = _geometry(entry.meta)
+        out.update(spacing=spacing, affine=affine)
         out["metainfo"] = read_metainfo(self.source, resource, entry.meta) if self.metainfo else None
         return out  # type: ignore[return-value]
 
@@ -247,13 +266,16 @@ class CachedSegmentations:
     order and values as :class:`~datamint_pipes.stages.annotations.LoadSegmentations`) are loaded once per
     machine and stored slice-major, so a slice item reads only its slice of every mask.
 
-    Adds ``segmentations = {author: uint8 (I,[N,]H,W)}`` (read-only views) and ``seg_labels``.
+    Adds ``segmentations = {author: uint8 (I,[N,]H,W)}`` (read-only views) and ``seg_labels``. After a
+    ``CachedDecode(slice_only=True)`` that read one slice (the sample has ``volume_shape``), with ``slice_only``
+    each author's masks are that slice too: (I,H,W) for axial slices.
     """
 
     source: Source
     cache: ArrayCache
     seg_codes: Mapping[str, int]
     slice_axis: str | int = "axial"
+    slice_only: bool = False
 
     def __call__(self, sample: Sample) -> Sample:
         from datamint_pipes.stages.annotations import load_segmentations
@@ -263,7 +285,8 @@ class CachedSegmentations:
         if not annotations:
             out.update(segmentations={}, seg_labels={})
             return out  # type: ignore[return-value]
-        shape = tuple(sample["image"].shape)
+        sliced = self.slice_only and sample.get("volume_shape") is not None and sample.get("slice_index") is not None
+        shape = tuple(sample["volume_shape"]) if sliced else tuple(sample["image"].shape)
         axis = slice_axis_index(self.slice_axis)
         volume = len(shape) == 4
 
@@ -281,7 +304,10 @@ class CachedSegmentations:
 
         key = segmentations_cache_key(sample["resource"], annotations, self.seg_codes, axis)
         entry = self.cache.get_or_create(key, create)
-        masks = np.moveaxis(entry.whole(), 0, axis + 1) if volume else entry.whole()
+        if volume and sliced:
+            masks = entry.slice(int(sample["slice_index"]))  # (I_total, ...) of that slice only
+        else:
+            masks = np.moveaxis(entry.whole(), 0, axis + 1) if volume else entry.whole()
         segmentations: dict[str, np.ndarray[Any, Any]] = {}
         seg_labels: dict[str, np.ndarray[Any, Any]] = {}
         start = 0
