@@ -3,7 +3,9 @@
 The graph a :class:`Pipeline` builds::
 
     EpochSamplerWrapper(EpochSampler)     this rank's indices, a pure function of (seed, epoch, rank, world size)
+      -> IndexChunks                      if ``loader(items_per_task=k)`` with k > 1 and workers: lists of k indices
       -> ParallelMapper(fused stages)     map / filter / expand fused into one ``index -> list[sample]``
+                                          (``list[index] -> list[sample]`` over a chunk)
       -> Unbatcher                        flattens (a filtered-out item yields nothing)
       -> BlockShuffle                     if ``shuffle_buffer()``: mixes items across resources
       -> Batcher                          if ``batch()``
@@ -19,7 +21,13 @@ way torch re-raises worker errors, in every mode (main thread, thread or process
 the *original type* whose message is ``Caught TYPE in ...`` followed by the original traceback, notes
 included, so ``str(error)`` names the resource. A type whose constructor does not take one message string
 comes back as ``RuntimeError`` (every :mod:`datamint_pipes.errors` class keeps its type). In the main
-thread, the original exception object stays reachable as ``__context__``.
+thread, the original exception object stays reachable as ``__context__``. With ``items_per_task > 1`` the
+samples of a chunk's indices before the failing one are delivered first, exactly as with one index a task.
+
+Process workers send slices of the decoded cache (views of a read-only memory map of an
+:class:`~datamint_pipes.cache.ArrayCache` entry) by reference, not by value: the consumer re-maps the entry
+file and receives read-only arrays over the same page-cache pages; other large arrays travel through
+shared memory instead of the result pipe (see :mod:`datamint_pipes._shared_arrays`).
 """
 
 from __future__ import annotations
@@ -43,13 +51,16 @@ from torchdata.nodes import (
 )
 from torchdata.nodes.exception_wrapper import ExceptionWrapper
 
+from datamint_pipes import _shared_arrays
 from datamint_pipes.distributed import SHARD_PADDINGS, ShardInfo, ShardPadding, resolve_rank_and_world_size
+from datamint_pipes.errors import PipelineError
 from datamint_pipes.nodes import (
     BlockShuffle,
     EpochSampler,
     EpochSamplerWrapper,
     WorkerWatchdog,
     die_with_parent,
+    return_freed_memory_promptly,
     shutdown_workers,
 )
 
@@ -101,19 +112,112 @@ class _FusedStages:
 
     ``owner_pid`` is the process that built the loader: in any other process (a process worker) the first
     call asks the kernel to kill the worker when its parent dies, so a parent killed by SIGTERM or SIGKILL
-    leaves no orphaned worker behind (Linux; elsewhere a no-op).
+    leaves no orphaned worker behind (Linux; elsewhere a no-op), makes freed buffers return to the kernel
+    at once (:func:`~datamint_pipes.nodes.return_freed_memory_promptly`). With ``process_workers`` (the
+    callable of a process-worker mapper) the outputs leave the worker wrapped in :class:`_HandOver`.
     """
 
     stages: tuple[_Stage, ...]
     owner_pid: int = dataclasses.field(default_factory=os.getpid)
+    process_workers: bool = False
 
     def __call__(self, index: int) -> list[Any]:
+        self.set_up_worker_process()
+        items = self.map_index(index)
+        return _HandOver(items) if self.process_workers else items  # type: ignore[return-value]
+
+    def set_up_worker_process(self) -> None:
+        """In a process other than the owner (a process worker): the set-up above, once per process."""
         if os.getpid() != self.owner_pid:
             die_with_parent(self.owner_pid)
+            return_freed_memory_promptly()
+
+    def map_index(self, index: int) -> list[Any]:
         items: list[Any] = [index]
         for stage in self.stages:
             items = [output for item in items for output in stage.apply(item, index)]
         return items
+
+
+class _HandOver:
+    """A task's outputs leaving a process worker; the consumer unpickles the plain list.
+
+    Pickled by :func:`datamint_pipes._shared_arrays.pack`: cache views by reference, large arrays through
+    shared memory. torchdata's worker loop keeps its last result referenced until the next task is done, so
+    a worker would hold a whole resource's samples (~50 MB for a W1 volume's labels) while it computes the
+    next one: pickling (once, by the result queue) hands the list over and leaves this wrapper empty."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items: list[Any] | None = items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        items, self.items = self.items, None
+        if items is None:
+            raise PipelineError("a worker's task outputs were pickled twice")
+        return _shared_arrays.pack(items)
+
+
+@dataclass(frozen=True)
+class _DeferredError:
+    """Stands, in a chunk's outputs, for the error of the index that failed, after the samples of the indices
+    before it; :class:`_FlattenTasks` raises it when the consumer reaches it."""
+
+    error: ExceptionWrapper
+
+
+@dataclass(frozen=True)
+class _FusedChunk:
+    """``list[index] -> list[sample]``: :class:`_FusedStages` over a chunk of indices, outputs concatenated.
+
+    Runs only in workers. An error in the chunk's first index propagates as from one-index tasks; a later
+    index's error is wrapped as a worker wraps it (same message) and delivered after the earlier samples.
+    """
+
+    fused: _FusedStages
+
+    def __call__(self, indices: Sequence[int]) -> list[Any]:
+        self.fused.set_up_worker_process()
+        outputs: list[Any] = []
+        for position, index in enumerate(indices):
+            try:
+                outputs += self.fused.map_index(index)
+            except Exception:
+                if position == 0:
+                    raise
+                # torchdata's _apply_udf wraps a worker's error as ExceptionWrapper(where="in _apply_udf").
+                outputs.append(_DeferredError(ExceptionWrapper(where="in _apply_udf")))
+                break
+        return _HandOver(outputs) if self.fused.process_workers else outputs  # type: ignore[return-value]
+
+
+class _IndexChunks(Batcher[Any]):
+    """The sampler's indices in lists of ``items_per_task`` (the epoch's last one shorter): one worker task each.
+
+    Its state is the sampler's after the chunk, so a restore re-maps at most one chunk."""
+
+    def __init__(self, source: BaseNode[Any], items_per_task: int) -> None:
+        super().__init__(source, batch_size=items_per_task, drop_last=False)
+
+    @property
+    def graph_label(self) -> str:
+        return f"IndexChunks[items_per_task={self.batch_size}]"
+
+
+class _FlattenTasks(Unbatcher[Any]):
+    """``Unbatcher`` over chunk outputs that raises a :class:`_DeferredError` where the consumer reaches it.
+
+    Its state is the mapper's before the current chunk plus the offset in that chunk's samples: a restore
+    in the middle of a chunk maps the chunk again and skips what was already yielded."""
+
+    graph_label = "Unbatcher[chunks]"
+
+    def next(self) -> Any:
+        item = super().next()
+        if isinstance(item, _DeferredError):
+            item.error.reraise()
+        return item
 
 
 @dataclass(frozen=True)
@@ -281,12 +385,23 @@ class Pipeline:
         prefetch: int | None = None,
         in_order: bool = True,
         max_concurrent: int | None = None,
+        items_per_task: int = 1,
     ) -> Loader[Any]:
         """Build the node graph and wrap it in a :class:`Loader`.
 
         ``num_workers=0`` runs the stages in the consuming thread. ``prefetch`` adds a background thread
         keeping that many finished batches ready. ``max_concurrent`` (at most ``num_workers``; default
-        ``2 * num_workers``) bounds the items in flight. Output order never depends on the workers.
+        ``2 * num_workers``) bounds the worker tasks in flight. Output order never depends on the workers.
+
+        ``items_per_task`` is how many indices (resources) a worker gets as one task, mapped one after the
+        other with their samples handed back together (an epoch's last task may be shorter). The default, 1,
+        spreads heavy resources -- volumes, videos -- over the workers one by one. Raise it (32-256) for
+        cheap items, tens of microseconds each (small images from memory), where the per-task hand-off
+        between threads or processes costs more than the work: tasks in flight then hold up to
+        ``max_concurrent * items_per_task`` resources' samples. It has no effect with ``num_workers=0``.
+        Outputs, errors (the samples before a failing index come first) and resuming do not depend on it,
+        except that a ``state_dict()`` resumes only in a loader built with the same ``items_per_task``
+        (another one is refused); a state taken in the middle of a task maps that task again on restore.
         """
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(f"{num_workers=} must be a non-negative integer")
@@ -306,24 +421,27 @@ class Pipeline:
             not isinstance(max_concurrent, int) or not 0 < max_concurrent <= num_workers
         ):
             raise ValueError(f"{max_concurrent=} must be None or a positive integer <= {num_workers=}")
+        if not isinstance(items_per_task, int) or isinstance(items_per_task, bool) or items_per_task <= 0:
+            raise ValueError(f"{items_per_task=} must be a positive integer")
 
         sampler = self.sampler()  # rank and world size resolved once, for this loader's lifetime
         node: BaseNode[Any] = EpochSamplerWrapper(sampler)
         if self.stages:
-            fused = _FusedStages(self.stages)
+            fused = _FusedStages(self.stages, process_workers=num_workers > 0 and worker_type == "process")
+            chunked = num_workers > 0 and items_per_task > 1
             if num_workers == 0:
                 node = Mapper(node, _InMainThread(fused))
             else:
                 node = ParallelMapper(
-                    node,
-                    fused,
+                    _IndexChunks(node, items_per_task) if chunked else node,
+                    _FusedChunk(fused) if chunked else fused,
                     num_workers=num_workers,
                     in_order=True,
                     method=worker_type,
                     multiprocessing_context=multiprocessing_context,
                     max_concurrent=max_concurrent,
                 )
-            node = Unbatcher(node)
+            node = _FlattenTasks(node) if chunked else Unbatcher(node)
         if self.shuffle_block is not None:
             node = BlockShuffle(node, self.shuffle_block, seed=self.seed)
         if self.batch_size is not None:
@@ -368,8 +486,10 @@ class Loader(Generic[T]):
         node: Any = root
         while isinstance(node, BaseNode):
             workers = getattr(node, "num_workers", None)
-            # In-thread mapping (0 workers) and worker mapping keep differently shaped states.
-            self._graph.append(type(node).__name__ + ("" if workers is None else "[inline]" if workers == 0 else ""))
+            # In-thread mapping (0 workers) and worker mapping keep differently shaped states; a node may
+            # name what else shapes its state (``graph_label``).
+            label = getattr(node, "graph_label", None) or type(node).__name__
+            self._graph.append(label + ("" if workers is None else "[inline]" if workers == 0 else ""))
             if isinstance(node, (ParallelMapper, Prefetcher)):
                 self._worker_nodes.insert(0, node)
             node = getattr(node, "source", None)
