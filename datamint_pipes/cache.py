@@ -293,12 +293,27 @@ def _unshuffle(planes: np.ndarray[Any, Any], out: np.ndarray[Any, Any], itemsize
         memory[b::itemsize] = planes[b]
 
 
+def _write_npy(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:
+    """``array`` as a C-ordered ``.npy``. A non-contiguous array (a slice-major view of a decoded volume) is
+    written slice by slice through one small reused buffer: a contiguous copy of the whole would first fault in
+    as much fresh memory, which costs more than the copy itself (0.4 s for 188 MB of video on this machine)."""
+    if array.flags.c_contiguous or array.ndim == 0 or array.shape[0] == 0:
+        np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+        return
+    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
+    np.lib.format.write_array_header_1_0(handle, header)
+    buffer = np.empty(array.shape[1:], dtype=array.dtype)
+    for plane in range(array.shape[0]):
+        np.copyto(buffer, array[plane])
+        handle.write(buffer.data)
+
+
 def _write_chunks(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:
-    """``array`` (C-contiguous, ndim >= 1) as a chunk file: magic, header length, JSON header, chunks."""
+    """``array`` (ndim >= 1, any strides) as a chunk file: magic, header length, JSON header, chunks."""
     itemsize = array.dtype.itemsize
     chunks = []
     for k in range(array.shape[0]):
-        flat = array[k : k + 1].reshape(-1).view(np.uint8)  # a slice, not array[k]: that can be a native scalar
+        flat = np.ascontiguousarray(array[k : k + 1]).reshape(-1).view(np.uint8)  # array[k] may be a native scalar
         chunks.append(lz4.block.compress(_shuffle(flat, itemsize), store_size=False))  # byte planes compress better
     offsets = [0]
     for chunk in chunks:
@@ -480,9 +495,9 @@ class ArrayCache:
                 handle.write(json.dumps(record, default=_json_default).encode())
             with self._store.writing(array_path) as handle:
                 if chunked:
-                    _write_chunks(handle, np.ascontiguousarray(array))
+                    _write_chunks(handle, array)
                 else:
-                    np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+                    _write_npy(handle, array)
         except OSError as error:
             raise CacheError(f"cannot write cache entry {array_path}: {error}") from error
         self._store.evict(keep=(array_path, meta_path))

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,3 +299,28 @@ def test_a_damaged_lz4_entry_is_never_served(tmp_path: Path) -> None:
         assert str(path) in str(error)
     else:  # LZ4 has no checksum: a flip that still decodes must at least not be the original
         assert not np.array_equal(last, volume[3]) or damaged == good
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda a: np.moveaxis(a, 2, 0),  # slice-major view of a (C,N,H,W) volume
+        lambda a: np.asfortranarray(a),
+        lambda a: a[:, ::-1, :, ::2],
+        lambda a: a.astype(">i4")[:, :, 1:, :],
+    ],
+    ids=["moveaxis", "fortran", "negative-strides", "big-endian-offset"],
+)
+def test_non_contiguous_arrays_are_stored_c_ordered_and_exact(tmp_path: Path, compression: str, view: Any) -> None:
+    volume = np.random.default_rng(3).integers(-2000, 2000, (2, 5, 6, 7), dtype=np.int16)
+    array = view(volume)
+    assert not array.flags.c_contiguous
+    entry = ArrayCache(tmp_path, compression=compression).put(cache_key("view", compression), array)  # type: ignore[arg-type]
+    stored = ArrayCache(tmp_path).get(cache_key("view", compression))
+    assert stored is not None
+    for found in (entry, stored):
+        whole = found.whole()
+        assert whole.flags.c_contiguous and whole.dtype == array.dtype and whole.shape == array.shape
+        np.testing.assert_array_equal(whole, array)
+        np.testing.assert_array_equal(found.slice(1), array[1])

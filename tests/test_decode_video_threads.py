@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from datamint_pipes.decode import decode, decode_frames, video
+from datamint_pipes.errors import DecodeError
 
 Array = np.ndarray[Any, Any]
 
@@ -89,3 +90,33 @@ def test_converter_writes_into_the_given_planes() -> None:
         frame = next(iter(container.decode(video=0)))
         assert converter(frame, out) is out
         np.testing.assert_array_equal(out, frame.to_ndarray(format="rgb24").transpose(2, 0, 1))
+
+
+def test_concurrent_decodes_share_the_cpus_and_give_the_same_frames(encoded: dict[str, bytes]) -> None:
+    """Decodes running at once in threads (a pipeline's thread workers) take fewer frame threads each; they give the
+    same frames as one decode alone, and the count of decodes in flight goes back to zero, also after errors."""
+    import threading
+
+    data = encoded["h264 256x256 (the W3 benchmark's)"]
+    alone = decode(data, filename="v.mp4").array
+    results: list[Array] = []
+    barrier = threading.Barrier(3)
+
+    def work() -> None:
+        barrier.wait()
+        results.append(decode(data, filename="v.mp4").array)
+        results.append(decode_frames(data, 5, 17, filename="v.mp4"))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6
+    for result in results:
+        expected = alone if result.shape == alone.shape else alone[:, 5:17]
+        np.testing.assert_array_equal(result, expected)
+    assert video._active_decodes == 0
+    with pytest.raises(DecodeError):
+        decode(data[: len(data) // 2], filename="v.mp4")
+    assert video._active_decodes == 0

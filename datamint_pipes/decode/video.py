@@ -19,7 +19,10 @@ frames ending well before the container's duration.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import av
@@ -28,7 +31,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from datamint_pipes.decode._base import Decoded, ProbeResult
-from datamint_pipes.decode._jpeg import split_channels
+from datamint_pipes.decode._jpeg import _usable_cpus, split_channels
 from datamint_pipes.decode._registry import Source, _opened, _source_name, _translated
 from datamint_pipes.errors import DecodeError
 
@@ -37,6 +40,40 @@ __all__ = ["VideoDecoder", "decode_frames"]
 # ISO base media brands that are still images, not videos (HEIF/AVIF share MP4's container).
 _IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
 _SWS_THREADS_FROM_PIXELS = 1 << 20  # smaller frames: one swscale thread (0: swscale picks, one per CPU)
+
+
+_active_decodes = 0
+_active_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _sharing_cpus(video: Any) -> Iterator[None]:
+    """Frame threads for one decode: FFmpeg's own count (one per CPU) while it is this process's only video decode;
+    with k decodes at once (a pipeline's thread workers), each started one gets ``cpus // k`` (at least 1).
+
+    Two 256x256 h264 decodes on two threads each oversubscribe two cores: 3,100 frames/s, against 3,800 with one
+    thread each. Frame threading gives the same frames whatever the count."""
+    global _active_decodes
+    with _active_lock:
+        _active_decodes += 1
+        active = _active_decodes
+    try:
+        video.thread_type = "AUTO"
+        if active > 1:
+            video.codec_context.thread_count = max(1, _usable_cpus() // active)
+        yield
+    finally:
+        with _active_lock:
+            _active_decodes -= 1
+
+
+def _reset_after_fork() -> None:
+    global _active_decodes, _active_lock
+    _active_decodes, _active_lock = 0, threading.Lock()  # the parent's decoding threads do not exist here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class VideoDecoder:
@@ -80,9 +117,9 @@ class VideoDecoder:
     def decode(self, stream: BinaryIO) -> Decoded:
         """Decode every frame of the first video stream to (3,N,H,W) uint8 RGB."""
         _check_length(stream)
-        with av.open(stream, mode="r") as container:
+        with av.open(stream, mode="r") as container, contextlib.ExitStack() as sharing:
             video = _video_stream(container)
-            video.thread_type = "AUTO"
+            sharing.enter_context(_sharing_cpus(video))
             width, height = video.codec_context.width, video.codec_context.height
             expected = video.frames
             _check_size(width, height, max(expected, 1))
@@ -209,22 +246,22 @@ def _decode_into(
 ) -> tuple[int, bool]:
     """Decode from the container's position, writing frames ``start + i`` (``index_of(frame, decoded so far)``) into
     ``out[:, i]``; stop once all are written. Returns (frames decoded, whether all were written)."""
-    video.thread_type = "AUTO"
-    to_rgb = _RGBConverter(video.codec_context.width, video.codec_context.height)
-    written = np.zeros(out.shape[1], dtype=bool)
-    missing = out.shape[1]
-    decoded = 0
-    for frame in container.decode(video):
-        index = index_of(frame, decoded)
-        decoded += 1
-        if index is None or not 0 <= index - start < out.shape[1] or written[index - start]:
-            continue
-        to_rgb(frame, out[:, index - start])
-        written[index - start] = True
-        missing -= 1
-        if not missing:
-            break
-    return decoded, not missing
+    with _sharing_cpus(video):
+        to_rgb = _RGBConverter(video.codec_context.width, video.codec_context.height)
+        written = np.zeros(out.shape[1], dtype=bool)
+        missing = out.shape[1]
+        decoded = 0
+        for frame in container.decode(video):
+            index = index_of(frame, decoded)
+            decoded += 1
+            if index is None or not 0 <= index - start < out.shape[1] or written[index - start]:
+                continue
+            to_rgb(frame, out[:, index - start])
+            written[index - start] = True
+            missing -= 1
+            if not missing:
+                break
+        return decoded, not missing
 
 
 def _video_stream(container: Any) -> Any:

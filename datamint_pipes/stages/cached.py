@@ -105,7 +105,7 @@ def _decode_for_cache(source: Source, resource: Resource, axis: int) -> tuple[np
     }
     if len(resource.files) > 1:
         meta["metainfo_file_index"] = _file_of_dataset(source, resource, decoded.metainfo)
-    return np.ascontiguousarray(stored), meta
+    return stored, meta  # a view: ArrayCache.put writes it slice by slice, with no whole-volume copy
 
 
 def _file_of_dataset(source: Source, resource: Resource, dataset: Any) -> int:
@@ -300,7 +300,7 @@ class CachedSegmentations:
                 "counts": [int(loaded.segmentations[a].shape[0]) for a in authors],
                 "codes": {a: [int(c) for c in loaded.seg_labels[a]] for a in authors},
             }
-            return np.ascontiguousarray(stored), meta
+            return stored, meta
 
         key = segmentations_cache_key(sample["resource"], annotations, self.seg_codes, axis)
         entry = self.cache.get_or_create(key, create)
