@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -43,33 +44,45 @@ _SWS_THREADS_FROM_PIXELS = 1 << 20  # smaller frames: one swscale thread (0: sws
 
 
 _active_decodes = 0
+_recent_peak = 1  # most decodes seen at once lately: the first decode of a burst should not take every CPU
+_peak_seen_at = 0.0
+_PEAK_MEMORY_SECONDS = 2.0
 _active_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def _sharing_cpus(video: Any) -> Iterator[None]:
     """Frame threads for one decode: FFmpeg's own count (one per CPU) while it is this process's only video decode;
-    with k decodes at once (a pipeline's thread workers), each started one gets ``cpus // k`` (at least 1).
+    with k decodes at once (a pipeline's thread workers), each started one gets ``cpus // k`` (at least 1). k is the
+    most seen at once in the last two seconds, so the first decode of the next video also leaves room for the
+    others (its thread count is fixed for the whole decode).
 
     Two 256x256 h264 decodes on two threads each oversubscribe two cores: 3,100 frames/s, against 3,800 with one
     thread each. Frame threading gives the same frames whatever the count."""
-    global _active_decodes
+    global _active_decodes, _recent_peak, _peak_seen_at
     with _active_lock:
         _active_decodes += 1
-        active = _active_decodes
+        now = time.monotonic()
+        if now - _peak_seen_at > _PEAK_MEMORY_SECONDS:
+            _recent_peak = 1
+        if _active_decodes >= _recent_peak:
+            _recent_peak, _peak_seen_at = _active_decodes, now
+        sharing = _recent_peak
     try:
         video.thread_type = "AUTO"
-        if active > 1:
-            video.codec_context.thread_count = max(1, _usable_cpus() // active)
+        if sharing > 1:
+            video.codec_context.thread_count = max(1, _usable_cpus() // sharing)
         yield
     finally:
         with _active_lock:
             _active_decodes -= 1
+            if _active_decodes:  # another decode ran alongside this one until now
+                _peak_seen_at = time.monotonic()
 
 
 def _reset_after_fork() -> None:
-    global _active_decodes, _active_lock
-    _active_decodes, _active_lock = 0, threading.Lock()  # the parent's decoding threads do not exist here
+    global _active_decodes, _active_lock, _recent_peak
+    _active_decodes, _recent_peak, _active_lock = 0, 1, threading.Lock()  # the parent's decodes are not here
 
 
 if hasattr(os, "register_at_fork"):
