@@ -304,8 +304,13 @@ def _write_npy(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:
     np.lib.format.write_array_header_1_0(handle, header)
     buffer = np.empty(array.shape[1:], dtype=array.dtype)
     for plane in range(array.shape[0]):
-        np.copyto(buffer, array[plane])
-        handle.write(buffer.data)
+        block = array[plane]
+        if block.ndim >= 2 and all(part.flags.c_contiguous for part in block):
+            for part in block:  # e.g. the colour planes of one video frame: written as they are
+                handle.write(part.data)
+        else:
+            np.copyto(buffer, block)
+            handle.write(buffer.data)
 
 
 def _write_chunks(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:

@@ -306,11 +306,13 @@ def test_a_damaged_lz4_entry_is_never_served(tmp_path: Path) -> None:
     "view",
     [
         lambda a: np.moveaxis(a, 2, 0),  # slice-major view of a (C,N,H,W) volume
+        lambda a: np.moveaxis(a, 1, 0),  # frames of a (C,N,H,W) video: every (H,W) plane contiguous
         lambda a: np.asfortranarray(a),
         lambda a: a[:, ::-1, :, ::2],
         lambda a: a.astype(">i4")[:, :, 1:, :],
+        lambda a: a.astype(">i2")[0, 0, :, ::2],  # 2D: its rows are single elements
     ],
-    ids=["moveaxis", "fortran", "negative-strides", "big-endian-offset"],
+    ids=["moveaxis", "frames", "fortran", "negative-strides", "big-endian-offset", "2d-big-endian-strided"],
 )
 def test_non_contiguous_arrays_are_stored_c_ordered_and_exact(tmp_path: Path, compression: str, view: Any) -> None:
     volume = np.random.default_rng(3).integers(-2000, 2000, (2, 5, 6, 7), dtype=np.int16)
