@@ -40,7 +40,6 @@ import mmap
 import os
 import pickle
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,7 @@ import torch
 from torch.multiprocessing.reductions import reduce_storage
 from torchdata.nodes.exception_wrapper import ExceptionWrapper
 
+from datamint_pipes.cache import is_array_entry_file
 from datamint_pipes.errors import CacheError
 
 __all__ = ["SHARED_MIN_BYTES", "is_cache_entry", "pack", "rebuild_view", "reduce_memmap", "reference", "unpack"]
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 SHARED_MIN_BYTES = 64 * 1024
 _ALIGN = 64
 
-_HEX = frozenset("0123456789abcdef")
 _OPEN_LIMIT = 64
 # path -> ((st_dev, st_ino, st_size), whole-file uint8 view of a read-only map); receiving side only
 _MAPS: collections.OrderedDict[str, tuple[tuple[int, int, int], np.ndarray[Any, Any]]] = collections.OrderedDict()
@@ -66,16 +65,8 @@ Reference = tuple[str, int, int, int, int, tuple[int, ...], np.dtype[Any], tuple
 
 
 def is_cache_entry(filename: str | os.PathLike[str]) -> bool:
-    """Whether ``filename`` is named like a published ``ArrayCache`` entry: ``.../arrays/<key[:2]>/<key>.npy``."""
-    path = Path(filename)
-    key = path.name[: -len(".npy")] if path.name.endswith(".npy") else ""
-    return (
-        len(key) >= 8
-        and set(key) <= _HEX
-        and path.parent.name == key[:2]
-        and path.parent.parent.name == "arrays"
-        and not path.name.startswith(".tmp-")
-    )
+    """Whether ``filename`` is a published ``ArrayCache`` entry's file (see :func:`is_array_entry_file`)."""
+    return is_array_entry_file(filename)
 
 
 def _extent(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:

@@ -59,6 +59,7 @@ __all__ = [
     "cache_key",
     "default_cache_dir",
     "from_slice_major",
+    "is_array_entry_file",
     "to_slice_major",
 ]
 
@@ -91,6 +92,19 @@ def cache_key(*parts: Any) -> str:
     """A stable hex key from JSON-serialisable parts (content hash, decoder version, layout, ...)."""
     text = json.dumps([CACHE_FORMAT, *parts], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_array_entry_file(filename: str | os.PathLike[str]) -> bool:
+    """Whether ``filename`` is named like a published uncompressed :class:`ArrayCache` entry,
+    ``<root>/arrays/<key[:2]>/<key>.npy`` with ``key`` a lowercase hex digest (temporary files never are)."""
+    path = Path(filename)
+    key = path.name[: -len(".npy")] if path.name.endswith(".npy") else ""
+    return (
+        len(key) >= 8
+        and all(c in "0123456789abcdef" for c in key)
+        and path.parent.name == key[:2]
+        and path.parent.parent.name == "arrays"
+    )
 
 
 def to_slice_major(array: np.ndarray[Any, Any], axis: int) -> np.ndarray[Any, Any]:
