@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-__all__ = ["affine_and_slice_spacing", "functional_item", "pixel_spacing", "rescale", "stored_range"]
+__all__ = [
+    "affine_and_slice_spacing",
+    "build_affine",
+    "floats",
+    "functional_item",
+    "pixel_spacing",
+    "rescale",
+    "stored_range",
+]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -35,7 +43,7 @@ def functional_item(ds: Dataset, sequence: str, frame: int | None = None) -> Dat
     return None
 
 
-def _floats(value: Any, count: int) -> tuple[float, ...] | None:
+def floats(value: Any, count: int) -> tuple[float, ...] | None:
     """``value`` as ``count`` finite floats, or None when absent or malformed."""
     if value is None or isinstance(value, (str, bytes)):
         return None
@@ -49,15 +57,15 @@ def _floats(value: Any, count: int) -> tuple[float, ...] | None:
 
 
 def _attribute(ds: Dataset, keyword: str, sequence: str, count: int) -> tuple[float, ...] | None:
-    found = _floats(ds.get(keyword), count)
+    found = floats(ds.get(keyword), count)
     if found is None and (item := functional_item(ds, sequence)) is not None:
-        found = _floats(item.get(keyword), count)
+        found = floats(item.get(keyword), count)
     return found
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """(row spacing, column spacing) = spacing along (H, W): PixelSpacing, else ImagerPixelSpacing; positive only."""
-    for found in (_attribute(ds, "PixelSpacing", "PixelMeasuresSequence", 2), _floats(ds.get("ImagerPixelSpacing"), 2)):
+    for found in (_attribute(ds, "PixelSpacing", "PixelMeasuresSequence", 2), floats(ds.get("ImagerPixelSpacing"), 2)):
         if found is not None and min(found) > 0:
             return (found[0], found[1])
     return None
@@ -84,7 +92,7 @@ def rescale(ds: Dataset, frames: int) -> tuple[np.ndarray[Any, Any], np.ndarray[
         ]
         if items and len(items) != frames:
             raise ValueError(f"{len(items)} per-frame rescale items for {frames} frames")
-    pairs = [(_floats(item.get("RescaleSlope"), 1), _floats(item.get("RescaleIntercept"), 1)) for item in items]
+    pairs = [(floats(item.get("RescaleSlope"), 1), floats(item.get("RescaleIntercept"), 1)) for item in items]
     if not pairs or any(slope is None or intercept is None for slope, intercept in pairs):
         return None
     slopes = np.array([slope[0] for slope, _ in pairs if slope is not None], dtype=np.float64)
@@ -114,16 +122,16 @@ def _frame_positions(ds: Dataset, frames: int, normal: np.ndarray[Any, Any]) -> 
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame and len(per_frame) == frames:
         positions = [
-            _floats(group.PlanePositionSequence[0].get("ImagePositionPatient"), 3)
+            floats(group.PlanePositionSequence[0].get("ImagePositionPatient"), 3)
             if group.get("PlanePositionSequence")
             else None
             for group in per_frame
         ]
         if all(p is not None for p in positions):
             return np.array(positions, dtype=np.float64)
-    origin = _floats(ds.get("ImagePositionPatient"), 3)
+    origin = floats(ds.get("ImagePositionPatient"), 3)
     offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame offsets along the normal
-    if origin is not None and offsets is not None and (steps := _floats(offsets, frames)) is not None:
+    if origin is not None and offsets is not None and (steps := floats(offsets, frames)) is not None:
         along = np.asarray(steps) - steps[0]
         return np.asarray(origin) + along[:, np.newaxis] * normal
     return None
@@ -153,7 +161,7 @@ def affine_and_slice_spacing(
         if origin is None or in_plane is None:
             return None, slice_spacing
         n_step = normal * (slice_spacing or 1.0)
-        return _affine(np.asarray(origin), n_step, column_direction, row_direction, in_plane), slice_spacing
+        return build_affine(np.asarray(origin), n_step, column_direction, row_direction, in_plane), slice_spacing
     positions = _frame_positions(ds, frames, normal)
     if positions is None:
         return None, slice_spacing
@@ -171,16 +179,17 @@ def affine_and_slice_spacing(
         return None, None
     if in_plane is None:
         return None, size
-    return _affine(positions[0], step, column_direction, row_direction, in_plane), size
+    return build_affine(positions[0], step, column_direction, row_direction, in_plane), size
 
 
-def _affine(
+def build_affine(
     origin: np.ndarray[Any, Any],
     n_step: np.ndarray[Any, Any],
     column_direction: np.ndarray[Any, Any],
     row_direction: np.ndarray[Any, Any],
     in_plane: tuple[float, float],
 ) -> np.ndarray[Any, Any]:
+    """RAS+ affine of (n, h, w) indices: LPS origin, n step, unit h and w directions, (h, w) spacing ``in_plane``."""
     lps = np.eye(4)
     lps[:3, 0] = n_step
     lps[:3, 1] = column_direction * in_plane[0]

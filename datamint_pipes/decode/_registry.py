@@ -19,6 +19,8 @@ from datamint_pipes.errors import DecodeError
 from datamint_pipes.model import file_suffix
 
 __all__ = ["Source", "decode", "detect_format", "get_decoder", "probe", "register"]
+# Internal API, shared with the other decoder modules (not re-exported by the package): HEAD_SIZE, Attempt, opened,
+# read_head, source_name, translated.
 
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 
@@ -87,9 +89,9 @@ def probe(
     non-seekable one is read whole). ``filename`` (defaults to the path or the file object's name) and
     ``mimetype`` help detection and name the file in errors. Raises :class:`DecodeError`.
     """
-    name = filename if filename is not None else _source_name(source)
-    with _translated("probe", resource_id, name) as attempt, _opened(source) as stream:
-        attempt.format = detect_format(_read_head(stream), name, mimetype)
+    name = filename if filename is not None else source_name(source)
+    with translated("probe", resource_id, name) as attempt, opened(source) as stream:
+        attempt.format = detect_format(read_head(stream), name, mimetype)
         return get_decoder(attempt.format).probe(stream)
 
 
@@ -105,13 +107,14 @@ def decode(
     Arguments as :func:`probe`. The result's shape and dtype equal ``probe(source).shape`` / ``.dtype``.
     Raises :class:`DecodeError` (a ``ValueError``) for any unreadable, truncated or unsupported file.
     """
-    name = filename if filename is not None else _source_name(source)
-    with _translated("decode", resource_id, name) as attempt, _opened(source) as stream:
-        attempt.format = detect_format(_read_head(stream), name, mimetype)
+    name = filename if filename is not None else source_name(source)
+    with translated("decode", resource_id, name) as attempt, opened(source) as stream:
+        attempt.format = detect_format(read_head(stream), name, mimetype)
         return get_decoder(attempt.format).decode(stream)
 
 
-def _source_name(source: Source) -> str | None:
+def source_name(source: Source) -> str | None:
+    """The path of ``source``, or its file object's ``name``; None for bytes and unnamed file objects."""
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     name = getattr(source, "name", None)
@@ -119,7 +122,7 @@ def _source_name(source: Source) -> str | None:
 
 
 @contextlib.contextmanager
-def _opened(source: Source) -> Iterator[BinaryIO]:
+def opened(source: Source) -> Iterator[BinaryIO]:
     """A seekable binary stream whose position 0 is the start of the file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(source)
@@ -146,7 +149,8 @@ def _seekable_at_start(stream: BinaryIO) -> bool:
         return False
 
 
-def _read_head(stream: BinaryIO) -> bytes:
+def read_head(stream: BinaryIO) -> bytes:
+    """The first ``HEAD_SIZE`` bytes of ``stream``, rewound to 0 after; :class:`DecodeError` when it is empty."""
     head = stream.read(HEAD_SIZE)
     stream.seek(0)
     if not head:
@@ -155,15 +159,17 @@ def _read_head(stream: BinaryIO) -> bytes:
 
 
 @dataclass
-class _Attempt:
+class Attempt:
+    """What :func:`translated` is doing (``action``) and to which ``format``, for its error messages."""
+
     action: str
     format: str | None = None
 
 
 @contextlib.contextmanager
-def _translated(action: str, resource_id: str | None, filename: str | None) -> Iterator[_Attempt]:
+def translated(action: str, resource_id: str | None, filename: str | None) -> Iterator[Attempt]:
     """Turn any failure inside the block into one :class:`DecodeError` that names the resource and file."""
-    attempt = _Attempt(action)
+    attempt = Attempt(action)
     try:
         yield attempt
     except MemoryError:

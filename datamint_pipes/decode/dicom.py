@@ -50,6 +50,7 @@ from datamint_pipes.decode._jpeg import decode_jpeg_frames
 from datamint_pipes.errors import DecodeError
 
 __all__ = ["DicomDecoder"]
+# Internal API, shared with .series (not re-exported by the package): read_dataset, describe, ImageDescription.
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # How pydicom's decoding plugins refuse a variant they do not implement (e.g. Pillow and GDCM: "... does not support
@@ -58,7 +59,7 @@ _UNSUPPORTED_VARIANT = re.compile(r"does not support|not supported|are supported
 
 
 @dataclass(frozen=True)
-class _Image:
+class ImageDescription:
     """What the header says the decoded array will be, and how to get there from the stored pixels."""
 
     frames: int
@@ -95,8 +96,8 @@ class DicomDecoder:
         return head[128:132] == b"DICM"
 
     def probe(self, stream: BinaryIO) -> ProbeResult:
-        ds = _read(stream, stop_before_pixels=True)
-        image = _describe(ds)
+        ds = read_dataset(stream, stop_before_pixels=True)
+        image = describe(ds)
         return ProbeResult(
             kind="image" if image.frames == 1 else "volume",
             format=self.name,
@@ -109,10 +110,10 @@ class DicomDecoder:
 
     def decode(self, stream: BinaryIO) -> Decoded:
         """Decode to (C,H,W) or (C,N,H,W) with the value rules of the module docstring."""
-        ds = _read(stream, stop_before_pixels=False)
+        ds = read_dataset(stream, stop_before_pixels=False)
         if "Rows" not in ds or "PixelData" not in ds:
             _raise_if_truncated(stream, ds)
-        image = _describe(ds)
+        image = describe(ds)
         if "PixelData" not in ds:
             present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
             raise DecodeError(f"DICOM file has no (integer) Pixel Data{f' (it has {present})' if present else ''}")
@@ -128,7 +129,8 @@ class DicomDecoder:
         return Decoded(array=array, metainfo=ds, spacing=image.spacing, affine=image.affine)
 
 
-def _read(stream: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+def read_dataset(stream: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+    """Read the dataset from the start of ``stream``; without a preamble, with ``force`` and an inferred syntax."""
     has_preamble = stream.read(132)[128:132] == b"DICM"
     stream.seek(0)
     ds = dcmread(stream, force=not has_preamble, stop_before_pixels=stop_before_pixels)
@@ -145,7 +147,7 @@ def _raise_if_truncated(stream: BinaryIO, full: Dataset) -> None:
     top-level element -- so the full read holds fewer elements than a read that stops before the pixels. (Reading
     the warning instead would need ``warnings.catch_warnings``, which is process-wide and not thread-safe.)
     """
-    header = _read(stream, stop_before_pixels=True)
+    header = read_dataset(stream, stop_before_pixels=True)
     if len(full) < len(header):
         raise DecodeError(
             f"the DICOM file is truncated: it ends inside an element (Pixel Data cut before its delimiter?); a full "
@@ -164,7 +166,8 @@ def _infer_transfer_syntax(ds: Dataset) -> None:
     ds.file_meta = meta
 
 
-def _describe(ds: Dataset) -> _Image:
+def describe(ds: Dataset) -> ImageDescription:
+    """What the header says the decoded array will be; :class:`DecodeError` when it describes no usable image."""
     if "Rows" not in ds or "Columns" not in ds:
         sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
         raise DecodeError(f"DICOM file holds no image (no Rows/Columns; {sop})")
@@ -196,7 +199,7 @@ def _describe(ds: Dataset) -> _Image:
         spacing: tuple[float, ...] | None = in_plane
     else:
         spacing = (slice_spacing, *in_plane) if in_plane is not None and slice_spacing is not None else None
-    return _Image(
+    return ImageDescription(
         frames=frames,
         rows=rows,
         columns=columns,
@@ -222,7 +225,7 @@ def _int_attribute(ds: Dataset, keyword: str, default: int) -> int:
         raise DecodeError(f"DICOM {keyword} {value!r} is not an integer") from None
 
 
-def _stored_pixels(ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:
+def _stored_pixels(ds: Dataset, image: ImageDescription) -> np.ndarray[Any, Any]:
     """Stored values as pydicom decodes them: (rows, cols[, samples]) or (frames, rows, cols[, samples])."""
     syntax = ds.file_meta.TransferSyntaxUID
     if _is_encapsulated(syntax):
@@ -272,7 +275,7 @@ def _codec_error(syntax: UID, exc: Exception) -> DecodeError:
     return DecodeError(f"no installed codec decodes DICOM {syntax.name} pixel data{hint}: {exc}")
 
 
-def _values(stored: np.ndarray[Any, Any], ds: Dataset, image: _Image) -> np.ndarray[Any, Any]:
+def _values(stored: np.ndarray[Any, Any], ds: Dataset, image: ImageDescription) -> np.ndarray[Any, Any]:
     """Palette, MONOCHROME1 inversion and the modality LUT, on the (frames first) stored array."""
     if image.photometric == "PALETTE COLOR":
         return apply_color_lut(stored, ds)

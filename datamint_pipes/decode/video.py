@@ -33,7 +33,7 @@ from av.video.reformatter import VideoReformatter
 
 from datamint_pipes.decode._base import Decoded, ProbeResult
 from datamint_pipes.decode._jpeg import _usable_cpus, split_channels
-from datamint_pipes.decode._registry import Source, _opened, _source_name, _translated
+from datamint_pipes.decode._registry import Source, opened, source_name, translated
 from datamint_pipes.errors import DecodeError
 
 __all__ = ["VideoDecoder", "decode_frames"]
@@ -201,8 +201,8 @@ def decode_frames(
     count) are decoded from their first frame instead. ``source`` and the keywords are as for :func:`decode`.
     Raises :class:`DecodeError`, also for a range outside the video's frames.
     """
-    name = filename if filename is not None else _source_name(source)
-    with _translated("decode", resource_id, name) as attempt, _opened(source) as stream:
+    name = filename if filename is not None else source_name(source)
+    with translated("decode", resource_id, name) as attempt, opened(source) as stream:
         attempt.format = "video"
         return _read_range(stream, start, stop)[0]
 
