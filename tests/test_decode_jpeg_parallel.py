@@ -39,7 +39,7 @@ def fast(ds: Dataset) -> Array | None:
 
 def one_thread(ds: Dataset, monkeypatch: pytest.MonkeyPatch) -> Array | None:
     with monkeypatch.context() as patch:
-        patch.setattr(_jpeg, "_usable_cpus", lambda: 1)
+        patch.setattr(_jpeg, "usable_cpus", lambda: 1)
         return fast(ds)
 
 
@@ -161,7 +161,7 @@ def test_one_pool_per_process_and_no_threads_left_per_call(dicom_file: Any) -> N
     pool = _jpeg._frame_pool()
     assert _jpeg._frame_pool() is pool
     workers = [thread for thread in threading.enumerate() if thread.name.startswith("jpeg-frames")]
-    assert len(workers) <= max(1, min(_jpeg._MAX_THREADS, _jpeg._usable_cpus()) - 1)
+    assert len(workers) <= max(1, min(_jpeg._MAX_THREADS, _jpeg.usable_cpus()) - 1)
 
 
 def _digest_in_child(path: str, queue: Any) -> None:

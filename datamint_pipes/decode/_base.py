@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
 
@@ -10,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     from datamint_pipes.decode.series import SeriesGeometry
 
-__all__ = ["Decoded", "Decoder", "ProbeResult", "minmax_to_uint8", "native_contiguous"]
+__all__ = ["Decoded", "Decoder", "ProbeResult", "minmax_to_uint8", "native_contiguous", "usable_cpus"]
 
 Kind = Literal["image", "volume", "video"]
 
@@ -137,3 +138,10 @@ def native_contiguous(array: np.ndarray[Any, Any], dtype: np.dtype[Any] | str | 
     if array.dtype == target and array.flags.c_contiguous and array.flags.writeable:
         return array  # callers pass arrays (or views of arrays) they made themselves
     return np.array(array, dtype=target, order="C", copy=True)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -43,6 +43,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
+from datamint_pipes.decode._base import usable_cpus
+
 __all__ = ["decode_jpeg_frames", "frame_size", "split_channels"]
 
 _MAX_THREADS = 4
@@ -107,7 +109,7 @@ def decode_jpeg_frames(ds: Dataset, frames: int, rows: int, columns: int) -> np.
             raise _NotFastPath
         split_channels(image, [out[channel, index] for channel in range(samples)])
 
-    threads = min(_MAX_THREADS, _usable_cpus(), len(unique)) if out.nbytes >= _MIN_BYTES_FOR_THREADS else 1
+    threads = min(_MAX_THREADS, usable_cpus(), len(unique)) if out.nbytes >= _MIN_BYTES_FOR_THREADS else 1
     try:
         _run_each(decode_one, unique, threads)
     except (_NotFastPath, cv2.error):
@@ -265,7 +267,7 @@ def _frame_pool() -> ThreadPoolExecutor:
     with _pool_lock:
         state = _pool_state
         if state is None or state[0] != os.getpid():
-            workers = max(1, min(_MAX_THREADS, _usable_cpus()) - 1)
+            workers = max(1, min(_MAX_THREADS, usable_cpus()) - 1)
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jpeg-frames")
             state = _pool_state = (os.getpid(), pool)
         return state[1]
@@ -348,9 +350,3 @@ def _read_codestream(data: bytes | memoryview) -> _Codestream | None:
         app14=app14,
         adobe_transform=transform,
     )
-
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1

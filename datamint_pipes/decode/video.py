@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from datamint_pipes.decode._base import Decoded, ProbeResult
-from datamint_pipes.decode._jpeg import _usable_cpus, split_channels
+from datamint_pipes.decode._base import Decoded, ProbeResult, usable_cpus
+from datamint_pipes.decode._jpeg import split_channels
 from datamint_pipes.decode._registry import Source, opened, source_name, translated
 from datamint_pipes.errors import DecodeError
 
@@ -71,7 +71,7 @@ def _sharing_cpus(video: Any) -> Iterator[None]:
     try:
         video.thread_type = "AUTO"
         if sharing > 1:
-            video.codec_context.thread_count = max(1, _usable_cpus() // sharing)
+            video.codec_context.thread_count = max(1, usable_cpus() // sharing)
         yield
     finally:
         with _active_lock:
