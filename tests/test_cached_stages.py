@@ -176,3 +176,38 @@ def test_slice_only_reads_equal_the_slice_of_the_volume(
     # Without slice_index, slice_only changes nothing.
     plain = CachedDecode(project, cache, axis, metainfo=False, slice_only=True)(read(0))
     np.testing.assert_array_equal(plain["image"], CachedDecode(project, cache, axis, metainfo=False)(read(0))["image"])
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("axis", ["axial", "sagittal"])
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_cached_masks_equal_load_masks_and_read_no_mask_file_when_warm(
+    sample_root: Path, tmp_path: Path, name: str, axis: str, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datamint_pipes.stages.annotations as annotation_stages
+    from datamint_pipes.stages.annotations import LoadMasks
+    from datamint_pipes.stages.cached import CachedMasks
+
+    project = LocalProject.open(sample_root / name, read_only=True)
+    read = ReadResource(project.resources(), project.annotations_by_resource())
+    cache = ArrayCache(tmp_path, compression=compression)  # type: ignore[arg-type]
+    samples = [CachedDecode(project, cache, axis, metainfo=False)(read(i)) for i in range(len(project.resources()))]
+    expected = [LoadMasks(project)(sample)["masks"] for sample in samples]
+    assert any(expected), "the sample project should have segmentations"
+    for sample, masks in zip(samples, expected, strict=True):
+        got = CachedMasks(project, cache, axis)(sample)["masks"]  # a miss: reads and stores
+        assert list(got) == list(masks)
+        for key, mask in masks.items():
+            assert got[key].dtype == mask.dtype == np.uint8
+            np.testing.assert_array_equal(got[key], mask)
+
+    def no_reads(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a warm CachedMasks read a mask file")
+
+    monkeypatch.setattr(annotation_stages, "load_mask", no_reads)
+    for sample, masks in zip(samples, expected, strict=True):
+        reordered = {**sample, "annotations": list(reversed(sample["annotations"]))}
+        got = CachedMasks(project, cache, axis)(reordered)["masks"]  # hits, whatever the annotations' order
+        assert list(got) == [a.id for a in reordered["annotations"] if a.is_segmentation()]
+        for key, mask in masks.items():
+            np.testing.assert_array_equal(got[key], mask)

@@ -29,10 +29,12 @@ from datamint_pipes.stages.load import decode_resource
 
 __all__ = [
     "CachedDecode",
+    "CachedMasks",
     "CachedSegmentations",
     "ReadSlice",
     "SliceIndex",
     "decoded_cache_key",
+    "masks_cache_key",
     "read_metainfo",
     "segmentations_cache_key",
 ]
@@ -246,16 +248,66 @@ class ReadSlice:
         }
 
 
+def _segmentation_versions(annotations: Sequence[Annotation]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (a.id, a.identifier, a.created_at, a.deleted_at, a.file, a.frame_index, a.author)
+        for a in annotations
+        if a.is_segmentation()
+    )
+
+
+def masks_cache_key(resource: Resource, annotations: Sequence[Annotation], slice_axis: int) -> str:
+    """Key of a resource's per-annotation masks: its content and every segmentation's identity and version."""
+    content = resource.metadata.get("sha256") or ["id", resource.id, *resource.cache_version]
+    versions = _segmentation_versions(annotations)
+    return cache_key("masks", content, versions, __version__, "slice-major", slice_axis)
+
+
+@dataclass(frozen=True)
+class CachedMasks:
+    """:class:`~datamint_pipes.stages.annotations.LoadMasks` through the decoded cache: every segmentation's mask
+    is read once per machine and stored slice-major beside the image, so later epochs map it instead of
+    inflating the mask files again.
+
+    Adds ``masks = {annotation_id: uint8 ([N,]H,W)}`` (read-only views), the same keys, order and values as
+    ``LoadMasks``. Place it after :class:`CachedDecode` (it needs ``image``'s shape) with the same ``slice_axis``.
+    """
+
+    source: Source
+    cache: ArrayCache
+    slice_axis: str | int = "axial"
+
+    def __call__(self, sample: Sample) -> Sample:
+        from datamint_pipes.stages.annotations import load_mask
+
+        annotations = [a for a in sample.get("annotations", ()) if a.is_segmentation()]
+        out: dict[str, Any] = dict(sample)
+        if not annotations:
+            out["masks"] = {}
+            return out  # type: ignore[return-value]
+        shape = tuple(sample["image"].shape)
+        axis = slice_axis_index(self.slice_axis)
+        volume = len(shape) == 4
+        ordered = sorted(annotations, key=lambda a: a.id)
+
+        def create() -> tuple[np.ndarray[Any, Any], dict[str, Any]]:
+            stacked = np.stack([load_mask(self.source, a, shape) for a in ordered])  # (M,[N,]H,W)
+            stored = np.moveaxis(stacked, axis + 1, 0) if volume else stacked
+            return stored, {"ids": [a.id for a in ordered]}
+
+        entry = self.cache.get_or_create(masks_cache_key(sample["resource"], annotations, axis), create)
+        stacked = np.moveaxis(entry.whole(), 0, axis + 1) if volume else entry.whole()
+        position = {identifier: i for i, identifier in enumerate(entry.meta["ids"])}
+        out["masks"] = {a.id: stacked[position[a.id]] for a in annotations}
+        return out  # type: ignore[return-value]
+
+
 def segmentations_cache_key(
     resource: Resource, annotations: Sequence[Annotation], seg_codes: Mapping[str, int], slice_axis: int
 ) -> str:
     """Key of a resource's instance masks: its content, every segmentation's identity and version, the codes."""
     content = resource.metadata.get("sha256") or ["id", resource.id, *resource.cache_version]
-    versions = sorted(
-        (a.id, a.identifier, a.created_at, a.deleted_at, a.file, a.frame_index, a.author)
-        for a in annotations
-        if a.is_segmentation()
-    )
+    versions = _segmentation_versions(annotations)
     codes = sorted(seg_codes.items())
     return cache_key("segmentations", content, versions, codes, __version__, "slice-major", slice_axis)
 
