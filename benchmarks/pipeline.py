@@ -9,7 +9,7 @@ Workloads (generated from the seed, kept under ``--cache-dir`` and reused):
 * W1: a local project of 6 CT-like int16 512x512x100 ``.nii.gz`` volumes (nibabel's gzip level 1; air -1000 HU,
   a body ellipse of fat and soft tissue, lungs, liver, kidneys, a spine of cortical and cancellous bone, Gaussian
   noise sigma 10 HU everywhere), each with an image-scoped NIfTI liver mask from two annotators who disagree at the
-  edge. Ours: ``ReadResource -> CachedDecode -> LoadMasks -> SliceVolume('axial') -> label stack -> batch(16) ->
+  edge. Ours: ``ReadResource -> CachedDecode -> CachedMasks -> SliceVolume('axial') -> label stack -> batch(16) ->
   Collate`` on 2 thread workers; batches of int16 images (16,1,512,512) and uint8 labels (16,2,512,512).
 * W2: 2,000 random ``ReadSlice`` reads over a ``SliceIndex`` of W1 with the ``ArrayCache`` warm, each slice copied
   out of the memory map (what a collate does).
@@ -78,8 +78,7 @@ from datamint_pipes import decode as decoding
 from datamint_pipes.cache import ArrayCache, Compression
 from datamint_pipes.pipeline import Pipeline
 from datamint_pipes.sources.local import LocalProject
-from datamint_pipes.stages.annotations import LoadMasks
-from datamint_pipes.stages.cached import CachedDecode, ReadSlice, SliceIndex
+from datamint_pipes.stages.cached import CachedDecode, CachedMasks, ReadSlice, SliceIndex
 from datamint_pipes.stages.collate import Collate
 from datamint_pipes.stages.expand import SliceVolume
 from datamint_pipes.stages.load import ReadResource
@@ -255,7 +254,7 @@ def volume_pipeline(project: LocalProject, cache: ArrayCache, batch: int, seed: 
         Pipeline(len(resources), seed=seed)
         .map(ReadResource(resources, project.annotations_by_resource()))
         .map(CachedDecode(project, cache, "axial", metainfo=False))
-        .map(LoadMasks(project))
+        .map(CachedMasks(project, cache, "axial"))
         .expand(SliceVolume("axial"))
         .map(MasksToLabel())
         .batch(batch)

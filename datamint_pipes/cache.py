@@ -495,12 +495,22 @@ class ArrayCache:
         self._store.touch(array_path)
         return CachedArray(array=array, meta=meta, path=array_path)
 
-    def put(self, key: str, array: np.ndarray[Any, Any], meta: dict[str, Any] | None = None) -> CachedArray:
-        """Store ``array`` (any non-object dtype) with JSON ``meta``; returns the memory-mapped entry."""
+    def put(
+        self,
+        key: str,
+        array: np.ndarray[Any, Any],
+        meta: dict[str, Any] | None = None,
+        *,
+        compression: Compression | None = None,
+    ) -> CachedArray:
+        """Store ``array`` (any non-object dtype) with JSON ``meta``; returns the entry. ``compression``
+        overrides the cache's format for this entry (e.g. ``"lz4"`` for masks, which are mostly zeros)."""
         if array.dtype.hasobject:
             raise CacheError(f"cannot cache an array of dtype {array.dtype}: object arrays would need pickle")
+        if compression is not None and compression not in COMPRESSIONS:
+            raise ValueError(f"{compression=} must be None or one of {COMPRESSIONS}")
         chunked = (
-            self.compression == "lz4"
+            (compression or self.compression) == "lz4"
             and array.ndim >= 1
             and array.shape[0] > 0
             and array.nbytes // array.shape[0] <= _LZ4_MAX_CHUNK
@@ -525,8 +535,15 @@ class ArrayCache:
             raise CacheError(f"cache entry {array_path} vanished right after writing (max_bytes too small?)")
         return entry
 
-    def get_or_create(self, key: str, create: Callable[[], tuple[np.ndarray[Any, Any], dict[str, Any]]]) -> CachedArray:
-        """The entry for ``key``; on a miss ``create()`` runs once across all processes of the machine."""
+    def get_or_create(
+        self,
+        key: str,
+        create: Callable[[], tuple[np.ndarray[Any, Any], dict[str, Any]]],
+        *,
+        compression: Compression | None = None,
+    ) -> CachedArray:
+        """The entry for ``key``; on a miss ``create()`` runs once across all processes of the machine and its
+        result is stored as :meth:`put` stores it (``compression`` overrides the cache's format)."""
         hit = self.get(key)
         if hit is not None:
             return hit
@@ -535,7 +552,7 @@ class ArrayCache:
             if hit is not None:
                 return hit
             array, meta = create()
-            return self.put(key, array, meta)
+            return self.put(key, array, meta, compression=compression)
 
     def total_bytes(self) -> int:
         return self._store.total_bytes()

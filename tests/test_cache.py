@@ -326,3 +326,15 @@ def test_non_contiguous_arrays_are_stored_c_ordered_and_exact(tmp_path: Path, co
         assert whole.flags.c_contiguous and whole.dtype == array.dtype and whole.shape == array.shape
         np.testing.assert_array_equal(whole, array)
         np.testing.assert_array_equal(found.slice(1), array[1])
+
+
+def test_an_entry_can_override_the_cache_format(tmp_path: Path) -> None:
+    masks = np.zeros((3, 64, 64), np.uint8)
+    masks[:, 10:20, 30:40] = 1
+    cache = ArrayCache(tmp_path, compression="none")
+    entry = cache.get_or_create(cache_key("masks"), lambda: (masks, {}), compression="lz4")
+    assert entry.path.suffix == ".chunks" and entry.path.stat().st_size < masks.nbytes // 10
+    np.testing.assert_array_equal(entry.whole(), masks)
+    assert cache.put(cache_key("plain"), masks).path.suffix == ".npy"  # the cache's own format otherwise
+    with pytest.raises(ValueError, match="compression"):
+        cache.put(cache_key("bad"), masks, compression="zip")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from datamint_pipes import __version__
-from datamint_pipes.cache import ArrayCache, CachedArray, cache_key, from_slice_major, to_slice_major
+from datamint_pipes.cache import ArrayCache, CachedArray, Compression, cache_key, from_slice_major, to_slice_major
 from datamint_pipes.model import Annotation, Resource, Sample
 from datamint_pipes.sources.base import Source
 from datamint_pipes.stages.expand import slice_axis_index
@@ -248,6 +248,12 @@ class ReadSlice:
         }
 
 
+# Masks are stored LZ4-compressed whatever the cache's default: mostly zeros, a W1 liver mask (26 MB as uint8)
+# takes 0.15 MB, so the first epoch writes almost nothing for it, and decompressing it (~5 GB/s) costs less than
+# faulting in 26 MB of a fresh memory map.
+MASK_COMPRESSION: Compression = "lz4"
+
+
 def _segmentation_versions(annotations: Sequence[Annotation]) -> list[tuple[Any, ...]]:
     return sorted(
         (a.id, a.identifier, a.created_at, a.deleted_at, a.file, a.frame_index, a.author)
@@ -295,7 +301,8 @@ class CachedMasks:
             stored = np.moveaxis(stacked, axis + 1, 0) if volume else stacked
             return stored, {"ids": [a.id for a in ordered]}
 
-        entry = self.cache.get_or_create(masks_cache_key(sample["resource"], annotations, axis), create)
+        key = masks_cache_key(sample["resource"], annotations, axis)
+        entry = self.cache.get_or_create(key, create, compression=MASK_COMPRESSION)
         stacked = np.moveaxis(entry.whole(), 0, axis + 1) if volume else entry.whole()
         position = {identifier: i for i, identifier in enumerate(entry.meta["ids"])}
         out["masks"] = {a.id: stacked[position[a.id]] for a in annotations}
@@ -355,7 +362,7 @@ class CachedSegmentations:
             return stored, meta
 
         key = segmentations_cache_key(sample["resource"], annotations, self.seg_codes, axis)
-        entry = self.cache.get_or_create(key, create)
+        entry = self.cache.get_or_create(key, create, compression=MASK_COMPRESSION)
         if volume and sliced:
             masks = entry.slice(int(sample["slice_index"]))  # (I_total, ...) of that slice only
         else:
