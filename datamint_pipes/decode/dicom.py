@@ -43,7 +43,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from datamint_pipes.decode import _dicom_geometry as geometry
+from datamint_pipes.decode import _dicom_geometry as dicom_geometry
 from datamint_pipes.decode._base import Decoded, ProbeResult, native_contiguous
 from datamint_pipes.decode._encapsulated import check_encapsulated
 from datamint_pipes.decode._jpeg import decode_jpeg_frames
@@ -110,23 +110,28 @@ class DicomDecoder:
 
     def decode(self, stream: BinaryIO) -> Decoded:
         """Decode to (C,H,W) or (C,N,H,W) with the value rules of the module docstring."""
-        ds = read_dataset(stream, stop_before_pixels=False)
-        if "Rows" not in ds or "PixelData" not in ds:
-            _raise_if_truncated(stream, ds)
-        image = describe(ds)
-        if "PixelData" not in ds:
-            present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
-            raise DecodeError(f"DICOM file has no (integer) Pixel Data{f' (it has {present})' if present else ''}")
-        stored = _stored_pixels(ds, image)
-        array = _values(stored, ds, image)
-        array = array[np.newaxis] if image.samples == 1 and image.channels == 1 else np.moveaxis(array, -1, 0)
-        array = native_contiguous(array, image.dtype)
-        if array.shape != image.shape:
-            raise DecodeError(f"DICOM pixels decoded to {array.shape}, the header says {image.shape}")
-        for keyword in _PIXEL_KEYWORDS:
-            if keyword in ds:
-                del ds[keyword]
-        return Decoded(array=array, metainfo=ds, spacing=image.spacing, affine=image.affine)
+        return decode_dataset(read_dataset(stream, stop_before_pixels=False), stream)
+
+
+def decode_dataset(ds: Dataset, stream: BinaryIO, *, geometry: bool = True) -> Decoded:
+    """:meth:`DicomDecoder.decode` of ``ds``, read in full from ``stream``. Without ``geometry`` the affine is
+    None and a multi-frame spacing too (the series decoder measures both across files itself)."""
+    if "Rows" not in ds or "PixelData" not in ds:
+        _raise_if_truncated(stream, ds)
+    image = describe(ds, geometry=geometry)
+    if "PixelData" not in ds:
+        present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
+        raise DecodeError(f"DICOM file has no (integer) Pixel Data{f' (it has {present})' if present else ''}")
+    stored = _stored_pixels(ds, image)
+    array = _values(stored, ds, image)
+    array = array[np.newaxis] if image.samples == 1 and image.channels == 1 else np.moveaxis(array, -1, 0)
+    array = native_contiguous(array, image.dtype)
+    if array.shape != image.shape:
+        raise DecodeError(f"DICOM pixels decoded to {array.shape}, the header says {image.shape}")
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            del ds[keyword]
+    return Decoded(array=array, metainfo=ds, spacing=image.spacing, affine=image.affine)
 
 
 def read_dataset(stream: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
@@ -166,8 +171,9 @@ def _infer_transfer_syntax(ds: Dataset) -> None:
     ds.file_meta = meta
 
 
-def describe(ds: Dataset) -> ImageDescription:
-    """What the header says the decoded array will be; :class:`DecodeError` when it describes no usable image."""
+def describe(ds: Dataset, *, geometry: bool = True) -> ImageDescription:
+    """What the header says the decoded array will be; :class:`DecodeError` when it describes no usable image.
+    Without ``geometry``, ``affine`` is None and so is a multi-frame ``spacing`` (no positions are read)."""
     if "Rows" not in ds or "Columns" not in ds:
         sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
         raise DecodeError(f"DICOM file holds no image (no Rows/Columns; {sop})")
@@ -190,11 +196,11 @@ def describe(ds: Dataset) -> ImageDescription:
         dtype, channels = sample.dtype, sample.shape[-1]
     elif samples == 1:
         modality_lut = bool(ds.get("ModalityLUTSequence"))
-        rescale = None if modality_lut else geometry.rescale(ds, frames)
+        rescale = None if modality_lut else dicom_geometry.rescale(ds, frames)
         if modality_lut or rescale is not None:
             dtype = np.dtype(np.float32)
-    in_plane = geometry.pixel_spacing(ds)
-    affine, slice_spacing = geometry.affine_and_slice_spacing(ds, frames, in_plane)
+    in_plane = dicom_geometry.pixel_spacing(ds)
+    affine, slice_spacing = dicom_geometry.affine_and_slice_spacing(ds, frames, in_plane) if geometry else (None, None)
     if frames == 1:
         spacing: tuple[float, ...] | None = in_plane
     else:
@@ -288,7 +294,7 @@ def _values(stored: np.ndarray[Any, Any], ds: Dataset, image: ImageDescription) 
             values = values.min() + values.max() - values
         return values
     if invert:
-        low, high = geometry.stored_range(ds)
+        low, high = dicom_geometry.stored_range(ds)
         clipped = np.clip(stored, low, high).astype(image.stored_dtype)
         stored = np.asarray(low + high, dtype=image.stored_dtype) - clipped
     if image.rescale is None:

@@ -33,7 +33,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from datamint_pipes.decode._base import Decoded, ProbeResult
-from datamint_pipes.decode._registry import detect_format, get_decoder, opened, read_head, source_name, translated
+from datamint_pipes.decode._registry import detect_format, opened, read_head, source_name, translated
 from datamint_pipes.decode._series_geometry import (
     MAX_ORIENTATION_DEGREES,
     OnIrregular,
@@ -43,7 +43,7 @@ from datamint_pipes.decode._series_geometry import (
     series_geometry,
     slice_header,
 )
-from datamint_pipes.decode.dicom import describe, read_dataset
+from datamint_pipes.decode.dicom import decode_dataset, describe, read_dataset
 from datamint_pipes.errors import DecodeError
 
 __all__ = ["MAX_ORIENTATION_DEGREES", "SeriesGeometry", "SeriesGeometryWarning", "decode_series", "probe_series"]
@@ -121,7 +121,6 @@ def decode_series(
     """
     _check_arguments(on_irregular, tolerance)
     names = _names(sources, filenames)
-    decoder = get_decoder("dicom")
     slices: list[SliceHeader] = []
     datasets: list[Dataset] = []
     dtypes: list[np.dtype[Any]] = []
@@ -129,7 +128,8 @@ def decode_series(
     for index, (source, name) in enumerate(zip(sources, names, strict=True)):
         with translated("decode", resource_id, name) as attempt, opened(source) as stream:
             attempt.format = _require_dicom(stream, name)
-            decoded = decoder.decode(stream)
+            # Each file's own affine is not computed: the series measures its geometry across the files.
+            decoded = decode_dataset(read_dataset(stream, stop_before_pixels=False), stream, geometry=False)
         ds = decoded.metainfo
         if not isinstance(ds, Dataset):
             raise DecodeError("the DICOM decoder returned no dataset", resource_id=resource_id, filename=name)
