@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from datamint_pipes import _buffers
 from datamint_pipes.decode._base import Decoded, ProbeResult, usable_cpus
 from datamint_pipes.decode._jpeg import split_channels
 from datamint_pipes.decode._registry import Source, opened, source_name, translated
@@ -142,7 +143,7 @@ class VideoDecoder:
             if expected > (held := sum(1 for packet in packets if packet.size)):
                 raise DecodeError(f"the container header says {expected} video frames, the stream has {held} packets")
             frames: list[np.ndarray[Any, Any]] = []
-            out = np.empty((3, expected, height, width), dtype=np.uint8) if expected else None
+            out = _buffers.empty((3, expected, height, width)) if expected else None
             count = 0
             times: list[float] = []
             to_rgb = _RGBConverter(width, height)
@@ -220,7 +221,7 @@ def _read_range(stream: BinaryIO, start: int, stop: int) -> tuple[np.ndarray[Any
         if count and stop > count:
             raise DecodeError(f"frames [{start}, {stop}) are outside the video's {count} frames")
         _check_size(width, height, max(count, 1))
-        out = np.empty((3, stop - start, height, width), dtype=np.uint8)
+        out = _buffers.empty((3, stop - start, height, width))
         if timestamps is not None and len(timestamps) == count:
             keyframe = max((pts for pts in keyframes if pts <= timestamps[start]), default=timestamps[0])
             container.seek(keyframe, stream=video, backward=True, any_frame=False)
