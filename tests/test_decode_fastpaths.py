@@ -355,3 +355,27 @@ def test_decode_benchmark_quick_run(tmp_path: Path) -> None:
     assert results["measurements"]["video_equals_pyav"] is True
     assert results["measurements"]["cine_max_abs_difference"] <= 1
     assert "W4 cine" in done.stdout
+
+
+def test_a_frame_libjpeg_warns_about_goes_to_pydicom() -> None:
+    """Junk before EOI is a warning to libjpeg ("extraneous bytes before marker"), not an error: the fast path is
+    strict and leaves the file to pydicom, whose decode is then what ``decode`` returns."""
+    images = noisy_frames(3, (24, 32, 3), seed=8)
+    encoded = [jpeg_bytes(image) for image in images]
+    assert encoded[1].endswith(b"\xff\xd9")
+    encoded[1] = encoded[1][:-2] + bytes(range(1, 33)) + encoded[1][-2:]  # more than libjpeg reads ahead
+    data = jpeg_dicom(encoded, (24, 32), "YBR_FULL_422", 3)
+    assert fast_path(jpeg_dicom(encoded[:1] + encoded[2:], (24, 32), "YBR_FULL_422", 3))[0] is not None
+    fast, ds = fast_path(data)
+    assert fast is None
+    np.testing.assert_array_equal(np.moveaxis(decode(data).array, 0, -1), pixel_array(ds, as_rgb=True))
+
+
+def test_frames_of_different_sizes_in_one_thread_reuse_no_stale_buffer() -> None:
+    """The per-thread frame buffer is replaced when the frame size changes: each cine equals Pillow's decode."""
+    for shape in [(24, 32), (40, 16), (24, 32)]:
+        images = noisy_frames(2, (*shape, 3), seed=shape[0])
+        ds = pydicom.dcmread(io.BytesIO(jpeg_dicom([jpeg_bytes(image) for image in images], shape, "YBR_FULL_422", 3)))
+        fast = _jpeg.decode_jpeg_frames(ds, 2, *shape)
+        assert fast is not None
+        np.testing.assert_array_equal(fast, pillow_frames(ds))
