@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,30 @@ def test_collate_shape_mismatch_advises_a_resize() -> None:
         Collate()(samples)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="empty"):
         Collate()([])
+
+
+def test_collate_promotes_dtypes_like_np_stack_and_copies_read_only_maps(tmp_path: Path) -> None:
+    stored = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    np.save(tmp_path / "v.npy", stored)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    values = [mapped[0], np.ones((3, 4), np.uint8), np.full((3, 4), 2.5, np.float32)]
+    batch = Collate()([{"x": value} for value in values])  # type: ignore[misc]
+    expected = np.stack(values)
+    assert batch["x"].dtype == torch.from_numpy(expected).dtype == torch.float32
+    np.testing.assert_array_equal(batch["x"].numpy(), expected)
+    batch["x"][0, 0, 0] = 99  # writable, and not the cache's memory
+    assert mapped[0, 0, 0] == 0
+
+
+def test_large_batches_held_at_once_never_share_memory() -> None:
+    """Batches above the recycling threshold: each one held keeps its own contents while later ones are made."""
+    frames = [np.full((3, 256, 256), value, np.uint8) for value in range(32)]
+    held = []
+    for step in range(4):
+        batch = Collate()([{"image": frame + step} for frame in frames])  # type: ignore[misc]
+        if step % 2 == 0:
+            held.append((step, batch))  # kept; the odd steps' batches are dropped and their memory recycled
+        del batch
+    for step, batch in held:
+        expected = np.stack([frame + step for frame in frames])
+        np.testing.assert_array_equal(batch["image"].numpy(), expected)
