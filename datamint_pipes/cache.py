@@ -48,7 +48,6 @@ from typing import IO, Any, Literal
 import lz4.block
 import numpy as np
 
-from datamint_pipes import _buffers
 from datamint_pipes.errors import CacheError
 
 __all__ = [
@@ -72,7 +71,7 @@ CACHE_FORMAT = 1
 # a memory map is short (a header parse and an mmap), so threads take turns for that part only.
 _NPY_OPEN_LOCK = threading.Lock()
 _STALE_TEMP_SECONDS = 3600.0
-_WRITE_CHUNK_BYTES = 8 << 20  # how much of a non-contiguous array _write_npy gathers per write
+_WRITE_BYTES = 1 << 20  # per write call: see _write_npy
 
 Compression = Literal["none", "lz4"]
 COMPRESSIONS: tuple[Compression, ...] = ("none", "lz4")
@@ -310,22 +309,37 @@ def _unshuffle(planes: np.ndarray[Any, Any], out: np.ndarray[Any, Any], itemsize
 
 
 def _write_npy(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:
-    """``array`` as a C-ordered ``.npy``. A non-contiguous array (a slice-major view of a decoded volume) is
-    gathered into a reused buffer of about ``_WRITE_CHUNK_BYTES``, a few slices at a time, and written a chunk per
-    call: a contiguous copy of the whole would first fault in as much fresh memory (0.4 s for 188 MB of video on this
-    machine), and a write per slice or per colour plane costs a system call per 64 KiB (25 ms against 14 ms for a
-    47 MB video)."""
-    if array.flags.c_contiguous or array.ndim == 0 or array.shape[0] == 0:
-        np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
-        return
+    """``array`` as a C-ordered ``.npy``, written at most ``_WRITE_BYTES`` per ``write`` call.
+
+    A non-contiguous array (a slice-major view of a decoded volume) is written slice by slice through one small
+    reused buffer: a contiguous copy of the whole would first fault in as much fresh memory, which costs more than
+    the copy itself (0.4 s for 188 MB of video on this machine).
+
+    Why 1 MiB a call: on the VM the benchmarks run on, writing 47 MB into a new file takes 10-14 ms in writes of
+    64 KiB to 1 MiB, and 105-175 ms in writes of 4 MiB or more (one ``tofile`` call included) once recently freed
+    pages run out: larger writes take larger page-cache folios, which this VM backs slowly (its free memory is
+    reported to the host). Elsewhere 1 MiB calls cost the same as one large call."""
     header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
     np.lib.format.write_array_header_1_0(handle, header)
-    slices = max(1, min(array.shape[0], _WRITE_CHUNK_BYTES // max(1, array[0].nbytes)))
-    buffer = _buffers.empty((slices, *array.shape[1:]), array.dtype)
-    for start in range(0, array.shape[0], slices):
-        part = buffer[: min(slices, array.shape[0] - start)]
-        np.copyto(part, array[start : start + len(part)])
-        handle.write(part.data)
+    if array.flags.c_contiguous or array.ndim == 0 or array.shape[0] == 0:
+        _write_bytes(handle, np.ascontiguousarray(array))
+        return
+    buffer = np.empty(array.shape[1:], dtype=array.dtype)
+    for plane in range(array.shape[0]):
+        block = array[plane]
+        if block.ndim >= 2 and all(part.flags.c_contiguous for part in block):
+            for part in block:  # e.g. the colour planes of one video frame: written as they are
+                _write_bytes(handle, part)
+        else:
+            np.copyto(buffer, block)
+            _write_bytes(handle, buffer)
+
+
+def _write_bytes(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:
+    """The bytes of the C-contiguous ``array``, ``_WRITE_BYTES`` at most per call."""
+    memory = array.reshape(-1).view(np.uint8)
+    for start in range(0, memory.size, _WRITE_BYTES):
+        handle.write(memory[start : start + _WRITE_BYTES].data)
 
 
 def _write_chunks(handle: IO[bytes], array: np.ndarray[Any, Any]) -> None:

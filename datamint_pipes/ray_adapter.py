@@ -78,7 +78,7 @@ _ARRAYS = "arrays"
 _ENTRY_NAME = re.compile(r"^([0-9a-f]{64})\.(json|npy)$")
 # fsspec back ends whose files exist only inside one process: Ray workers cannot write there for the caller.
 _PROCESS_LOCAL_PROTOCOLS = frozenset({"memory"})
-_COPY_CHUNK = 8 << 20
+_COPY_CHUNK = 1 << 20  # per write call; larger writes into new files are slower on some VMs (cache._write_npy)
 
 
 def _entry_relpaths(key: str) -> tuple[str, str]:

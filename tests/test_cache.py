@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import pickle
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from datamint_pipes import cache as cache_module
 from datamint_pipes.cache import (
     ArrayCache,
     ByteCache,
@@ -133,16 +135,16 @@ def test_concurrent_processes_create_each_key_once_and_read_it_intact(tmp_path: 
 
 def _slow_writer(root: str, key: str, ready: str) -> None:
     cache = ArrayCache(root)
-    original = np.lib.format.write_array
+    original = cache_module._write_bytes
 
-    def stalling_write(handle, array, **kwargs):  # type: ignore[no-untyped-def]
-        handle.write(b"\x93NUMPY partial")
+    def stalling_write(handle, array):  # type: ignore[no-untyped-def]
+        handle.write(b"partial")  # after the .npy header
         handle.flush()
         Path(ready).write_text("writing")
         time.sleep(60)
-        original(handle, array, **kwargs)
+        original(handle, array)
 
-    np.lib.format.write_array = stalling_write
+    cache_module._write_bytes = stalling_write  # type: ignore[assignment]
     cache.put(key, np.zeros((256, 256), np.float32))
 
 
@@ -338,3 +340,39 @@ def test_an_entry_can_override_the_cache_format(tmp_path: Path) -> None:
     assert cache.put(cache_key("plain"), masks).path.suffix == ".npy"  # the cache's own format otherwise
     with pytest.raises(ValueError, match="compression"):
         cache.put(cache_key("bad"), masks, compression="zip")  # type: ignore[arg-type]
+
+
+class _CountingWriter(io.BytesIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, data: Any) -> int:
+        self.sizes.append(memoryview(data).nbytes)
+        return super().write(data)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 6), min_size=0, max_size=4),
+    dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64, np.bool_]),
+    move=st.booleans(),
+)
+def test_npy_entries_are_byte_for_byte_what_np_save_writes(shape: list[int], dtype: Any, move: bool) -> None:
+    """Whatever the layout (C-contiguous, a slice-major view, 0-d, empty), the entry is np.save's file."""
+    array = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape).astype(dtype)
+    if move and array.ndim >= 2:
+        array = np.moveaxis(array, -1, 0)  # what to_slice_major hands the cache: not C-contiguous
+    written = _CountingWriter()
+    cache_module._write_npy(written, array)
+    expected = io.BytesIO()
+    np.save(expected, array.copy(order="C"), allow_pickle=False)  # (ascontiguousarray would make 0-d 1-d)
+    assert written.getvalue() == expected.getvalue()
+
+
+def test_large_entries_are_written_a_mebibyte_at_a_time() -> None:
+    for array in (np.ones((3, 1024, 1024), np.int16), np.ones((1024, 1024, 3), np.uint8).transpose(2, 0, 1)):
+        written = _CountingWriter()
+        cache_module._write_npy(written, array)
+        assert max(written.sizes) <= cache_module._WRITE_BYTES
+        assert sum(written.sizes[1:]) == array.nbytes  # the header is the first call
