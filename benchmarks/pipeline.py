@@ -29,7 +29,8 @@ Baselines, in the same process run, the candidates of a comparison alternating w
   (zlib, one thread) of every W1 file, times the cores.
 * P3: the same with a ``CacheDataset`` (``cache_rate=1``, 2 threads) under the ``PatchDataset``: epochs after the
   cache is full. Our cache size is the ``ArrayCache`` folder against the ``.nii.gz`` images it decodes.
-* P4: a raw PyAV rgb24 loop over every video; the reference client's per-frame reopen-and-seek (30 frames a video).
+* P4: a raw PyAV rgb24 loop over every video; the reference client's per-frame reopen-and-seek (30 frames a video);
+  informational: the same reopen-and-seek on the videos encoded with scene cuts (``decode.make_video``).
 * P6: ``torch.utils.data.DataLoader(num_workers=2, shuffle=True)`` over the same stages (a filtered item is
   ``None``, dropped by the collate function), as the target words it: default ``batch_size=1`` (4k items); for
   information also with ``batch_size=64`` (20k items; rates are per item), ours with one index a worker task
@@ -122,6 +123,7 @@ QUICK: dict[str, Any] = {
     "memory_workers": [1, 2],
 }
 WORKLOAD_VERSION = 1  # bump when the generated inputs change: it names their cache folder
+W3_WORKLOAD_VERSION = 2  # the videos alone (2: one GOP each, see decode.make_video)
 ANNOTATORS = ("annotator_a@example.org", "annotator_b@example.org")
 REFERENCE_GZIP_LEVEL = 1
 SPACING = (0.7, 0.7, 2.5)
@@ -177,8 +179,10 @@ class VolumeWorkload:
         return self.reference_slices / f"{volume:02d}" / f"{slice_number:04d}.npy.gz"
 
 
-def _sizes_name(prefix: str, seed: int, sizes: Mapping[str, Any], keys: Sequence[str]) -> str:
-    return "-".join([f"{prefix}-v{WORKLOAD_VERSION}-seed{seed}", *(f"{key}{sizes[key]}" for key in keys)])
+def _sizes_name(
+    prefix: str, seed: int, sizes: Mapping[str, Any], keys: Sequence[str], version: int = WORKLOAD_VERSION
+) -> str:
+    return "-".join([f"{prefix}-v{version}-seed{seed}", *(f"{key}{sizes[key]}" for key in keys)])
 
 
 def volume_workload(cache: Path, seed: int, sizes: Mapping[str, Any]) -> VolumeWorkload:
@@ -410,10 +414,11 @@ def random_reads_memcpy(volume: np.ndarray[Any, Any], buffer: np.ndarray[Any, An
 
 
 def video_workload(cache: Path, seed: int, sizes: Mapping[str, Any]) -> Path:
-    """A local project of ``sizes['videos']`` h264 MP4s (``decode.make_video``), made once in ``cache``."""
+    """A local project of ``sizes['videos']`` h264 MP4s (``decode.make_video``: one GOP each), made once in
+    ``cache``; beside it, ``video<k>-scene-cuts.mp4``, the same frames encoded with scene cuts (informational)."""
     from decode import make_video
 
-    folder = cache / _sizes_name("pipeline-w3", seed, sizes, ("videos", "frames", "video_size"))
+    folder = cache / _sizes_name("pipeline-w3", seed, sizes, ("videos", "frames", "video_size"), W3_WORKLOAD_VERSION)
     if not (folder / "complete").exists():
         cache.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".w3-", dir=cache))
@@ -421,9 +426,13 @@ def video_workload(cache: Path, seed: int, sizes: Mapping[str, Any]) -> Path:
         project = LocalProject.create(staging / "project", "w3-video")
         rng = np.random.default_rng(seed)
         for index in range(sizes["videos"]):
+            state = rng.bit_generator.state
             path = make_video(staging / f"video{index}.mp4", rng, sizes["frames"], sizes["video_size"])
             project.add_resource(path, resource_id=f"video{index}")
             path.unlink()
+            rng.bit_generator.state = state
+            cut = staging / f"video{index}-scene-cuts.mp4"
+            make_video(cut, rng, sizes["frames"], sizes["video_size"], scene_cuts=True)
         project.close()
         (staging / "complete").write_text("ok\n")
         shutil.rmtree(folder, ignore_errors=True)
@@ -1000,6 +1009,7 @@ def measure_video(
     project = LocalProject.open(project_path, read_only=True)
     videos = [Path(project.local_path(item.files[0]) or "") for item in project.resources()]
     project.close()
+    cut = sorted(project_path.parent.glob("video*-scene-cuts.mp4"))
     total = sizes["frames"] * len(videos)
     reopen = np.random.default_rng(seed).choice(sizes["frames"], sizes["reopen_frames"], replace=False).tolist()
     cold_roots = [Path(tempfile.mkdtemp(prefix="video-", dir=scratch)) for _ in range(repeats)]
@@ -1012,6 +1022,7 @@ def measure_video(
             "ours_warm": lambda: run_video(project_path, warm_root, sizes, seed),
             "pyav": lambda: [pyav_frames(path) for path in videos],
             "reopen_and_seek": lambda: [reopen_and_seek(path, reopen) for path in videos],
+            "reopen_and_seek_scene_cuts": lambda: [reopen_and_seek(path, reopen) for path in cut],
         },
         repeats,
     )
@@ -1029,6 +1040,15 @@ def measure_video(
         ),
         Comparison("P4", "W3 pipeline, first epoch", "frames/s", ours, "raw PyAV rgb24 loop", pyav, 0.8),
         Comparison("-", "W3 pipeline, later epochs", "frames/s", rate(total, seconds["ours_warm"]), "raw PyAV", pyav),
+        Comparison(
+            "-",
+            "W3 pipeline, first epoch",
+            "frames/s",
+            ours,
+            "reopen+seek, videos with scene cuts",
+            rate(len(reopen) * len(cut), seconds["reopen_and_seek_scene_cuts"]),
+            note="the same frames with a keyframe every ~46: the seek lands near the frame",
+        ),
     ]
 
 
