@@ -379,3 +379,52 @@ def test_frames_of_different_sizes_in_one_thread_reuse_no_stale_buffer() -> None
         fast = _jpeg.decode_jpeg_frames(ds, 2, *shape)
         assert fast is not None
         np.testing.assert_array_equal(fast, pillow_frames(ds))
+
+
+def _same_decode(a: Any, b: Any) -> None:
+    np.testing.assert_array_equal(a.array, b.array)
+    assert a.array.dtype == b.array.dtype
+    assert a.metainfo == b.metainfo
+    assert a.spacing == b.spacing
+    assert (a.affine is None) == (b.affine is None)
+    if a.affine is not None:
+        np.testing.assert_array_equal(a.affine, b.affine)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_JPEG_FILES))
+def test_a_local_jpeg_file_decodes_as_its_bytes_do(name: str, dicom_file: Any) -> None:
+    """A path and the same bytes in memory give the same array, metainfo and geometry, and the same error where
+    pydicom has no codec."""
+    path = dicom_file(name)
+    try:
+        from_bytes = decode(path.read_bytes())
+    except DecodeError as error:
+        with pytest.raises(DecodeError, match="no installed codec"):
+            decode(path)
+        assert "no installed codec" in str(error)
+        return
+    _same_decode(decode(path), from_bytes)
+
+
+def test_a_local_file_the_fast_path_refuses_decodes_as_pydicom_does(tmp_path: Path) -> None:
+    images = noisy_frames(4, (24, 32, 3), seed=12)
+    encoded = [jpeg_bytes(image) for image in images]
+    app14 = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01"  # transform 1: the fast path declines
+    encoded[2] = encoded[2][:2] + app14 + encoded[2][2:]
+    path = tmp_path / "refused.dcm"
+    path.write_bytes(jpeg_dicom(encoded, (24, 32), "YBR_FULL_422", 3))
+    ds = pydicom.dcmread(path)
+    np.testing.assert_array_equal(np.moveaxis(decode(path).array, 0, -1), pixel_array(ds, as_rgb=True))
+    _same_decode(decode(path), decode(path.read_bytes()))
+
+
+def test_a_truncated_local_jpeg_file_fails_as_its_bytes_do(tmp_path: Path) -> None:
+    encoded = [jpeg_bytes(image) for image in noisy_frames(3, (24, 32, 3), seed=13)]
+    data = jpeg_dicom(encoded, (24, 32), "YBR_FULL_422", 3)
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: len(data) - 700])
+    with pytest.raises(DecodeError) as from_bytes:
+        decode(path.read_bytes())
+    with pytest.raises(DecodeError) as from_path:
+        decode(path)
+    assert str(from_path.value).split(" [")[0] == str(from_bytes.value).split(" [")[0]
