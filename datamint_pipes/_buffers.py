@@ -1,5 +1,5 @@
 """Recycled large arrays: memory that is already mapped, for arrays that are made, used and dropped over and over
-(a cine or a video decoded, written to the cache, then freed; the cache writer's gather buffer).
+(a cine or a video decoded, written to the cache, then freed; a collated batch, dropped after its training step).
 
 A fresh large array costs its page faults: the kernel zeroes and maps every page on first write. On the 2-core VM the
 benchmarks run on, that is 10-25 ms for a 110 MB cine (up to a third of its decode), and more while another thread

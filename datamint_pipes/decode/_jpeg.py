@@ -109,7 +109,9 @@ def decode_jpeg_frames(ds: Dataset, frames: int, rows: int, columns: int) -> np.
             raise _NotFastPath  # truncated: libjpeg would pad it with grey, Pillow raises
         if samples == 1:
             # strict: libjpeg's warnings (corrupt data it would skip over) raise, and pydicom gets the frame
-            simplejpeg.decode_jpeg(data, colorspace="GRAY", buffer=out[0, index], strict=True)
+            grey = simplejpeg.decode_jpeg(data, colorspace="GRAY", buffer=out[0, index], strict=True)
+            if grey.shape[:2] != (rows, columns):
+                raise _NotFastPath
             return
         image = _thread_buffer((rows, columns, samples))
         decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=image, strict=True)
