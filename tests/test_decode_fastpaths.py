@@ -418,6 +418,7 @@ def test_a_local_file_the_fast_path_refuses_decodes_as_pydicom_does(tmp_path: Pa
     _same_decode(decode(path), decode(path.read_bytes()))
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")  # pydicom's, then ours
 def test_a_truncated_local_jpeg_file_fails_as_its_bytes_do(tmp_path: Path) -> None:
     encoded = [jpeg_bytes(image) for image in noisy_frames(3, (24, 32, 3), seed=13)]
     data = jpeg_dicom(encoded, (24, 32), "YBR_FULL_422", 3)
