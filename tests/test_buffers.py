@@ -143,6 +143,10 @@ def test_a_forked_child_starts_with_an_empty_pool() -> None:
     queue = context.Queue()
     child = context.Process(target=_child_pool, args=(queue,))
     child.start()
-    assert queue.get(timeout=30) == 0
-    child.join(30)
+    try:
+        assert queue.get(timeout=30) == 0
+    finally:
+        child.join(30)
+        queue.close()
+        queue.join_thread()
     assert child.exitcode == 0
